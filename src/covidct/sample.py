@@ -64,10 +64,9 @@ logger = logging.getLogger(__name__)
 DATA_ENV = "COVIDCT_DATA"
 URL_ENV = "COVIDCT_SAMPLE_URL"
 
-# TODO: figshare publishes COVID-CT-MD as zip archives inside collection
-# 5129081, not as one URL per slice, and the archive that contains P002 has
-# not been identified. Until then there is no default, and a download needs
-# --url or COVIDCT_SAMPLE_URL pointing at a folder that serves the files.
+# TODO: no URL is known that serves the slices of P002 one by one from the
+# published figshare collection 5129081 of COVID-CT-MD, so there is no default
+# and a download needs --url or COVIDCT_SAMPLE_URL (see docs/data.md).
 DEFAULT_SAMPLE_URL: str | None = None
 
 # Seconds allowed for connecting and for each read of a response. urllib
