@@ -237,7 +237,7 @@ def _split_left_right(
 
 
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Return the two largest components when the second is at least 1/6 of the first."""
+    """Return the two largest components if the second is at least 1/6 of the first."""
     labels, count = ndi.label(mask)
     if count < 2:
         return None

@@ -1,0 +1,5 @@
+"""The ``covidct`` command line: parse, call the stages, print."""
+
+from covidct.cli.main import main
+
+__all__ = ["main"]

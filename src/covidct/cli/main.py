@@ -1,0 +1,189 @@
+"""Entry point of the ``covidct`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from covidct import __version__
+from covidct.errors import CovidctError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("covidct")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status.
+
+    Exit status: 0 success, 1 failure of the tool or of a download, 2 an input
+    or output problem the user can fix (the message says what to do), 130
+    interrupted.
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, getattr(args, "quiet", False))
+    try:
+        return int(args.run(args))
+    except CovidctError as error:
+        print(f"covidct: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("covidct: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - last line of defence for users
+        logger.debug("unexpected failure", exc_info=True)
+        print(
+            f"covidct: internal error: {type(error).__name__}: {error}\n"
+            "  Rerun with --verbose for the traceback and report it with the "
+            "command you ran.",
+            file=sys.stderr,
+        )
+        if args.verbose:
+            raise
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct",
+        description="Quantify, stage and report COVID-19 pneumonia on chest CT.",
+    )
+    parser.add_argument("--version", action="version", version=f"covidct {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every step (to stderr)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="analyse one chest CT study",
+        description=(
+            "Segment lungs, heart and lesions, measure biomarkers, stage the "
+            "extent and write report.json, biomarkers.csv, segmentation.nii.gz "
+            "and report.html into the output folder."
+        ),
+    )
+    analyze.add_argument(
+        "study",
+        type=Path,
+        help="DICOM folder (searched recursively), DICOM zip, NIfTI, MHA or NRRD",
+    )
+    analyze.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (created)"
+    )
+    analyze.add_argument(
+        "--series",
+        metavar="UID",
+        help="SeriesInstanceUID to analyse instead of the automatic choice",
+    )
+    analyze.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="resample a series with missing slices instead of rejecting it",
+    )
+    analyze.add_argument(
+        "--no-radiomics",
+        action="store_true",
+        help="skip the 535 PyRadiomics features (the slowest stage)",
+    )
+    analyze.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes for the radiomics regions (default: 1)",
+    )
+    output = analyze.add_mutually_exclusive_group()
+    output.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print report.json to stdout (progress and logs stay on stderr)",
+    )
+    analyze.set_defaults(run=_run_analyze)
+
+    fetch = commands.add_parser(
+        "fetch-sample",
+        help="find or download the demo CT (COVID-CT-MD series P002)",
+        description=(
+            "Print the folder of the demo CT, downloading it and checking the "
+            "SHA-256 of every file when it is not found locally."
+        ),
+    )
+    fetch.add_argument("--dest", type=Path, help="folder to download into")
+    fetch.add_argument("--url", help="base URL that serves the sample's files")
+    fetch.set_defaults(run=_run_fetch_sample)
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(
+        level=level, format="covidct: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("covidct").setLevel(level)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from covidct.analysis import STAGES, AnalysisOptions, analyze, write_analysis
+    from covidct.intake import IntakeOptions
+    from covidct.report.serialize import report_json, to_jsonable
+
+    if args.workers < 1:
+        raise CovidctError(f"--workers must be at least 1, got {args.workers}")
+    options = AnalysisOptions(
+        intake=IntakeOptions(series_uid=args.series, allow_gaps=args.allow_gaps),
+        radiomics=not args.no_radiomics,
+        workers=args.workers,
+    )
+    show = not args.quiet
+    started = time.perf_counter()
+    last = {"name": "", "at": started}
+
+    def progress(name: str) -> None:
+        now = time.perf_counter()
+        if show and last["name"]:
+            print(f"  done in {now - last['at']:.1f} s", file=sys.stderr)
+        last.update(name=name, at=now)
+        if show:
+            step = STAGES.index(name) + 1
+            print(f"[{step}/{len(STAGES)}] {name} ...", file=sys.stderr, flush=True)
+
+    result = analyze(args.study, options, progress=progress)
+    paths = write_analysis(result, args.output, progress=progress)
+    total = time.perf_counter() - started
+    if show:
+        print(f"  done in {time.perf_counter() - last['at']:.1f} s", file=sys.stderr)
+
+    stage = result.stage
+    if args.json:
+        print(report_json(to_jsonable(result.report())), end="")
+    elif show:
+        print(
+            f"Extent {stage.extent_percent:.1f} % of lung volume: "
+            f"{stage.category_name} ({stage.category}), {stage.ct_grade_name}"
+        )
+        if result.warnings:
+            print(f"{len(result.warnings)} warning(s), listed in the report.")
+        print(f"Report: {paths['report_html']}")
+        print(f"Finished in {total:.1f} s.")
+    return 0
+
+
+def _run_fetch_sample(args: argparse.Namespace) -> int:
+    from covidct.sample import fetch_sample, find_sample
+
+    folder = None if args.dest or args.url else find_sample()
+    if folder is None:
+        folder = fetch_sample(args.dest, args.url)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
