@@ -14,7 +14,7 @@ toward the patient's left, y posterior, z superior):
    side of its nearest seed.
 5. Dense lung (consolidation, peripheral opacities against the pleura, vessels)
    is added back per axial slice by a closing and a hole filling of each lung,
-   limited to voxels that are not bone and not outside the body.
+   limited to voxels that are not bone, fat or airway.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class LungOptions:
         closing_radius_mm: Radius of the per-slice closing that adds dense lung
             against the pleura and around consolidation (mm).
         bone_hu: Voxels above this value are never added by the closing (HU).
+        fat_hu: Voxels in this HU range (adipose tissue) are never added by the
+            closing.
         working_pixel_mm: In-plane pixel size of the grid the morphology runs on
             (mm); finer inputs are averaged down to it.
     """
@@ -64,6 +66,7 @@ class LungOptions:
     max_airway_area_mm2: float = 700.0
     closing_radius_mm: float = 12.0
     bone_hu: float = 250.0
+    fat_hu: tuple[float, float] = (-190.0, -30.0)
     working_pixel_mm: float = 1.2
 
 
@@ -258,7 +261,10 @@ def _add_dense_lung(
 ) -> np.ndarray:
     """Add dense lung per slice: a closing and a hole filling of each lung."""
     radius = options.closing_radius_mm
-    allowed = (hu < options.bone_hu) & ~airways
+    # Fat is never lung: without this, the closing takes in the pericardial fat
+    # pads that the lung wraps around.
+    fat_low, fat_high = options.fat_hu
+    allowed = (hu < options.bone_hu) & ~((hu >= fat_low) & (hu <= fat_high)) & ~airways
     result = sides.copy()
     for side in (RIGHT, LEFT):
         lung = sides == side
