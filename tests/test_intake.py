@@ -341,6 +341,16 @@ def test_stray_files_skipped_and_listed(p002_copy: Path, p002_volume: CTVolume) 
     assert "not a CT image" in rejected[0]["reason"]
 
 
+def test_duplicate_position_dropped(p002_copy: Path, p002_volume: CTVolume) -> None:
+    shutil.copy(p002_copy / "IM0050.dcm", p002_copy / "ZZ-copy.dcm")
+
+    volume = load_study(p002_copy)
+    np.testing.assert_array_equal(volume.hu, p002_volume.hu)
+    skipped = volume.provenance.skipped_files
+    assert skipped == [{"path": "ZZ-copy.dcm", "reason": "duplicate slice position"}]
+    assert any("same position" in w for w in volume.provenance.warnings)
+
+
 def test_files_without_preamble_read(p002_copy: Path, p002_volume: CTVolume) -> None:
     converted = sorted(p002_copy.iterdir())[:3]
     for path in converted:

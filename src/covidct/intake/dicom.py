@@ -147,7 +147,7 @@ def _prepare_slices(
         )
 
     # Sort by position along the slice normal, never by file name or
-    # InstanceNumber; the file path breaks ties so that duplicates drop stably.
+    # InstanceNumber. The file path breaks ties, so duplicates drop stably.
     normal = slices[0].normal
     slices.sort(key=lambda s: (float(s.position @ normal), str(s.path)))
     unique = [slices[0]]
