@@ -30,3 +30,19 @@ def p002_dir() -> Path:
 def normal001_dir() -> Path:
     """DICOM folder of the normal series normal001 (154 slices, JPEG Lossless)."""
     return shared_path("covid-ct-md", "normal001")
+
+
+@pytest.fixture(scope="session")
+def p002_volume(p002_dir: Path):
+    """The P002 series read by intake, shared by the tests of later stages."""
+    from covidct.intake import load_study
+
+    return load_study(p002_dir)
+
+
+@pytest.fixture(scope="session")
+def p002_segmentation(p002_volume):
+    """The threshold segmentation of P002."""
+    from covidct.segment.threshold import segment_threshold
+
+    return segment_threshold(p002_volume)

@@ -99,3 +99,17 @@ def upsample_in_plane(
     ny, nx = labels.shape[1] * factor, labels.shape[2] * factor
     full[:, :ny, :nx] = labels.repeat(factor, axis=1).repeat(factor, axis=2)
     return full
+
+
+def between_lungs(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Mark, on each image row, the pixels between the right and the left lung."""
+    nx = right.shape[2]
+    columns = np.arange(nx)
+    # Right lung at small x: its last pixel on a row; left lung: its first.
+    right_end = np.where(
+        right.any(axis=2), nx - 1 - np.argmax(right[..., ::-1], axis=2), -1
+    )
+    left_start = np.where(left.any(axis=2), np.argmax(left, axis=2), nx)
+    both = right.any(axis=2) & left.any(axis=2)
+    between = (columns > right_end[..., None]) & (columns < left_start[..., None])
+    return between & both[..., None]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.segment._morphology import (
+    between_lungs,
     bounding_box,
     downsample_in_plane,
     in_plane_distance,
@@ -130,7 +131,7 @@ def _classify(
 ) -> np.ndarray:
     """Apply the HU rule and the exclusions on the working grid."""
     core = lung & (in_plane_distance(lung, spacing) > options.pleura_margin_mm)
-    near_mediastinum = in_plane_distance(~_mediastinum(right, left), spacing)
+    near_mediastinum = in_plane_distance(~between_lungs(right, left), spacing)
 
     dense = core & (smooth > options.consolidation_min_hu)
     dense &= smooth <= options.consolidation_max_hu
@@ -150,17 +151,3 @@ def _classify(
     result[ggo & kept] = GGO
     result[consolidation & kept] = CONSOLIDATION
     return result
-
-
-def _mediastinum(right: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """Mark, on each image row, the pixels between the right and the left lung."""
-    nx = right.shape[2]
-    columns = np.arange(nx)
-    # Right lung at small x: its last pixel on a row; left lung: its first.
-    right_end = np.where(
-        right.any(axis=2), nx - 1 - np.argmax(right[..., ::-1], axis=2), -1
-    )
-    left_start = np.where(left.any(axis=2), np.argmax(left, axis=2), nx)
-    both = right.any(axis=2) & left.any(axis=2)
-    between = (columns > right_end[..., None]) & (columns < left_start[..., None])
-    return between & both[..., None]

@@ -14,7 +14,9 @@ toward the patient's left, y posterior, z superior):
    side of its nearest seed.
 5. Dense lung (consolidation, peripheral opacities against the pleura, vessels)
    is added back per axial slice by a closing and a hole filling of each lung,
-   limited to voxels that are not bone, fat or airway.
+   limited to voxels that are not bone, fat, airway or mediastinum (on each
+   image row, what lies between the two lungs). The closing fills opacities up
+   to about twice its radius wide along the pleura.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from covidct.segment._morphology import (
+    between_lungs,
     bounding_box,
     close_disk,
     downsample_in_plane,
     in_plane_distance,
     keep_large_components,
+    open_disk,
     upsample_in_plane,
 )
 
@@ -64,7 +68,7 @@ class LungOptions:
     air_hu: float = -500.0
     min_component_ml: float = 30.0
     max_airway_area_mm2: float = 700.0
-    closing_radius_mm: float = 12.0
+    closing_radius_mm: float = 20.0
     bone_hu: float = 250.0
     fat_hu: tuple[float, float] = (-190.0, -30.0)
     working_pixel_mm: float = 1.2
@@ -259,12 +263,21 @@ def _add_dense_lung(
     airways: np.ndarray,
     options: LungOptions,
 ) -> np.ndarray:
-    """Add dense lung per slice: a closing and a hole filling of each lung."""
+    """Add dense lung per slice: hole filling, then a closing of each lung.
+
+    Holes enclosed by a lung (vessels, consolidation inside the lung) are lung
+    whatever their density. The closing then adds the dense regions that bite
+    into the lung from the pleura, except bone, fat, airway and mediastinum.
+    """
     radius = options.closing_radius_mm
     # Fat is never lung: without this, the closing takes in the pericardial fat
-    # pads that the lung wraps around.
+    # pads that the lung wraps around. The opening keeps thick fat only, since
+    # the rim between lung and any soft tissue has fat values by partial volume.
     fat_low, fat_high = options.fat_hu
-    allowed = (hu < options.bone_hu) & ~((hu >= fat_low) & (hu <= fat_high)) & ~airways
+    fat = open_disk((hu >= fat_low) & (hu <= fat_high), 2.0, spacing)
+    allowed = (hu < options.bone_hu) & ~fat & ~airways
+    # The mediastinum lies between the lungs: never lung, whatever its density.
+    allowed &= ~between_lungs(sides == RIGHT, sides == LEFT)
     result = sides.copy()
     for side in (RIGHT, LEFT):
         lung = sides == side
@@ -273,11 +286,15 @@ def _add_dense_lung(
         margin = int(np.ceil(radius / spacing[0])) + 2
         box = bounding_box(lung, margin=margin)
         crop = lung[box]
-        closed = close_disk(crop, radius, spacing)
-        filled = np.zeros_like(closed)
+        filled = np.zeros_like(crop)
+        for z in range(crop.shape[0]):
+            filled[z] = ndi.binary_fill_holes(crop[z])
+        filled &= ~airways[box]
+        closed = close_disk(filled, radius, spacing)
         for z in range(closed.shape[0]):
-            filled[z] = ndi.binary_fill_holes(closed[z])
-        added = filled & ~crop & allowed[box] & (result[box] == 0)
+            closed[z] = ndi.binary_fill_holes(closed[z])
+        added = (closed & ~filled & allowed[box]) | (filled & ~crop)
+        added &= result[box] == 0
         result[box][added] = side
     return result
 
