@@ -1,0 +1,7 @@
+"""Allow ``python -m covidct``."""
+
+import sys
+
+from covidct.cli import main
+
+sys.exit(main())
