@@ -1,10 +1,8 @@
 """Time radiomics extraction on the real P002 series, per region and in total.
 
-Usage (from the repository root, as a module: run as a script, this file's
-folder would come first on ``sys.path`` and shadow the PyRadiomics package,
-which is also named ``radiomics``):
+Usage, from the repository root:
 
-    .venv/bin/python -m benchmarks.radiomics [--workers 2] [--plain-lung]
+    .venv/bin/python benchmarks/radiomics_extraction.py [--workers 2] [--plain-lung]
 
 The masks come from HU thresholds (lungs below -400 HU, lesions between -750 and
 -300 HU inside them, a box for the heart); they exercise the extraction and are
