@@ -1,8 +1,9 @@
 """Small morphology helpers shared by the threshold segmenters.
 
-Openings and closings by a disk in the axial plane are computed with distance
-transforms, whose cost does not grow with the radius. A very large sampling
-along z keeps every distance within its own slice.
+Openings and closings by a disk in the axial plane are computed with a
+structuring element for small radii and with distance transforms, whose cost
+does not grow with the radius, for large ones. A very large sampling along z
+keeps every distance within its own slice.
 """
 
 from __future__ import annotations
@@ -27,12 +28,52 @@ def in_plane_distance(
     return ndi.distance_transform_edt(mask, sampling=in_plane_sampling(spacing))
 
 
+#: Radius in pixels up to which a structuring element beats a distance transform.
+_MAX_STRUCTURE_RADIUS_PX = 4
+
+
+def disk_structure(
+    radius_mm: float, spacing: tuple[float, float, float]
+) -> np.ndarray | None:
+    """Return a ``(1, ny, nx)`` in-plane disk, or None when it would be large."""
+    ry, rx = radius_mm / spacing[1], radius_mm / spacing[0]
+    if max(ry, rx) > _MAX_STRUCTURE_RADIUS_PX:
+        return None
+    y = np.arange(-int(ry), int(ry) + 1)[:, None] / max(ry, 1e-6)
+    x = np.arange(-int(rx), int(rx) + 1)[None, :] / max(rx, 1e-6)
+    return ((y**2 + x**2) <= 1.0)[None]
+
+
+def erode_disk(
+    mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]
+) -> np.ndarray:
+    """Erode ``mask`` slice by slice with a disk of ``radius_mm``.
+
+    Pixels beyond the array count as inside, so the erosion does not eat in
+    from the array border.
+    """
+    structure = disk_structure(radius_mm, spacing)
+    if structure is None:
+        return in_plane_distance(mask, spacing) > radius_mm
+    return ndi.binary_erosion(mask, structure=structure, border_value=1)
+
+
+def dilate_disk(
+    mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]
+) -> np.ndarray:
+    """Dilate ``mask`` slice by slice with a disk of ``radius_mm``."""
+    structure = disk_structure(radius_mm, spacing)
+    if structure is None:
+        return in_plane_distance(~mask, spacing) <= radius_mm
+    return ndi.binary_dilation(mask, structure=structure)
+
+
 def open_disk(
     mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]
 ) -> np.ndarray:
     """Open ``mask`` slice by slice with a disk of ``radius_mm``."""
-    eroded = in_plane_distance(mask, spacing) > radius_mm
-    return (in_plane_distance(~eroded, spacing) <= radius_mm) & mask
+    eroded = erode_disk(mask, radius_mm, spacing)
+    return dilate_disk(eroded, radius_mm, spacing) & mask
 
 
 def close_disk(

@@ -32,7 +32,9 @@ import numpy as np
 from covidct.segment._morphology import (
     between_lungs,
     bounding_box,
+    dilate_disk,
     downsample_in_plane,
+    erode_disk,
     in_plane_distance,
     keep_large_components,
     open_disk,
@@ -130,7 +132,7 @@ def _classify(
     options: LesionOptions,
 ) -> np.ndarray:
     """Apply the HU rule and the exclusions on the working grid."""
-    core = lung & (in_plane_distance(lung, spacing) > options.pleura_margin_mm)
+    core = lung & erode_disk(lung, options.pleura_margin_mm, spacing)
     near_mediastinum = in_plane_distance(~between_lungs(right, left), spacing)
 
     dense = core & (smooth > options.consolidation_min_hu)
@@ -138,7 +140,7 @@ def _classify(
     consolidation = open_disk(dense, options.vessel_radius_mm, spacing)
     consolidation &= near_mediastinum > options.hilum_mm
     thin_dense = dense & ~consolidation
-    halo = in_plane_distance(~thin_dense, spacing) <= options.halo_mm
+    halo = dilate_disk(thin_dense, options.halo_mm, spacing)
 
     ggo = core & (smooth > options.ggo_min_hu)
     ggo &= smooth <= options.consolidation_min_hu

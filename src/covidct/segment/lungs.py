@@ -210,7 +210,9 @@ def _split_left_right(
     if seeds is None:
         # Lungs that touch at a junction form one component: erode in-plane,
         # through the distance to the lung border, until two parts separate.
-        depth = in_plane_distance(lungs, spacing)
+        depth = np.zeros(lungs.shape, dtype=np.float32)
+        box = bounding_box(lungs, margin=1)
+        depth[box] = in_plane_distance(lungs[box], spacing)
         for erosion_mm in (2.0, 4.0, 6.0, 8.0, 11.0, 15.0):
             seeds = _two_largest(depth > erosion_mm)
             if seeds is not None:
@@ -274,7 +276,13 @@ def _add_dense_lung(
     # pads that the lung wraps around. The opening keeps thick fat only, since
     # the rim between lung and any soft tissue has fat values by partial volume.
     fat_low, fat_high = options.fat_hu
-    fat = open_disk((hu >= fat_low) & (hu <= fat_high), 2.0, spacing)
+    fat = np.zeros(hu.shape, dtype=bool)
+    if sides.any():
+        margin = int(np.ceil(radius / spacing[0])) + 2
+        near = bounding_box(sides > 0, margin=margin)
+        fat[near] = open_disk(
+            (hu[near] >= fat_low) & (hu[near] <= fat_high), 2.0, spacing
+        )
     allowed = (hu < options.bone_hu) & ~fat & ~airways
     # The mediastinum lies between the lungs: never lung, whatever its density.
     allowed &= ~between_lungs(sides == RIGHT, sides == LEFT)
