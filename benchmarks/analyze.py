@@ -1,8 +1,9 @@
 """Time and memory of each stage of ``covidct analyze`` on a real CT.
 
 Runs the stages one after another in this process, as ``covidct analyze``
-does, and samples the resident memory (RSS) every 10 ms to find each stage's
-peak. Prints a Markdown table for ``docs/benchmarks.md``.
+does, and samples the resident memory (RSS) of this process and its children
+(the radiomics workers) every 10 ms to find each stage's peak. Prints a
+Markdown table for ``docs/benchmarks.md``.
 
 Usage:
     .venv/bin/python benchmarks/analyze.py [STUDY] [--repeat N] [--workers N]
@@ -63,12 +64,22 @@ class RssSampler:
             time.sleep(self.interval_s)
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+def _rss_kib(pid: int | None = None) -> int:
+    """Return the RSS of a process and all its descendants, in KiB (Linux)."""
+    pid = os.getpid() if pid is None else pid
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    total += _rss_kib(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # the process ended between two reads
+    return total
 
 
 def run_once(study: Path, workers: int) -> list[tuple[str, float, float]]:
@@ -151,7 +162,7 @@ def main() -> int:
         f"{platform.python_version()}; {date.today().isoformat()}"
     )
     print()
-    print("| stage | wall time (s) | peak RSS (MiB) |")
+    print("| stage | wall time (s) | peak RSS with workers (MiB) |")
     print("|---|---:|---:|")
     for index, name in enumerate(names):
         seconds = sorted(run[index][1] for run in runs)[len(runs) // 2]
