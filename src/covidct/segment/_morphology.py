@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
 
 _SLICE_SAMPLING_Z = 1.0e4
 
@@ -143,14 +144,66 @@ def upsample_in_plane(
 
 
 def between_lungs(right: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """Mark, on each image row, the pixels between the right and the left lung."""
-    nx = right.shape[2]
+    """Mark, on each image row, the pixels between the right and the left lung.
+
+    On a row that crosses only one lung, or none, inside the rows spanned by
+    both lungs of the slice, the medial edges of the nearest row that crosses
+    each lung stand in, so the mediastinum has no gaps in front of or behind
+    a lung.
+    """
+    nz, ny, nx = right.shape
     columns = np.arange(nx)
-    # Right lung at small x: its last pixel on a row; left lung: its first.
-    right_end = np.where(
-        right.any(axis=2), nx - 1 - np.argmax(right[..., ::-1], axis=2), -1
-    )
-    left_start = np.where(left.any(axis=2), np.argmax(left, axis=2), nx)
-    both = right.any(axis=2) & left.any(axis=2)
-    between = (columns > right_end[..., None]) & (columns < left_start[..., None])
-    return between & both[..., None]
+    rows = np.arange(ny)
+    between = np.zeros(right.shape, dtype=bool)
+    for z in range(nz):
+        has_right = right[z].any(axis=1)
+        has_left = left[z].any(axis=1)
+        if not has_right.any() or not has_left.any():
+            continue
+        # Right lung at small x: its last pixel on a row; left lung: its first.
+        right_end = nx - 1 - np.argmax(right[z, :, ::-1], axis=1)
+        left_start = np.argmax(left[z], axis=1)
+        right_end = _from_nearest_row(right_end, has_right, rows)
+        left_start = _from_nearest_row(left_start, has_left, rows)
+        spanned = rows >= max(rows[has_right][0], rows[has_left][0])
+        spanned &= rows <= min(rows[has_right][-1], rows[has_left][-1])
+        inside = (columns[None, :] > right_end[:, None]) & (
+            columns[None, :] < left_start[:, None]
+        )
+        between[z] = inside & spanned[:, None]
+    return between
+
+
+def _from_nearest_row(
+    values: np.ndarray, present: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """Replace the values of absent rows by those of the nearest present row."""
+    present_rows = rows[present]
+    nearest = np.searchsorted(present_rows, rows).clip(1, present_rows.size - 1)
+    below = present_rows[nearest - 1]
+    above = present_rows[nearest]
+    chosen = np.where(np.abs(rows - below) <= np.abs(above - rows), below, above)
+    if present_rows.size == 1:
+        chosen = np.full_like(rows, present_rows[0])
+    return values[chosen]
+
+
+def mediastinum(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Mark, on each slice, the non-lung region between and around the lungs.
+
+    It is the part of the convex hull of both lungs that is neither lung nor
+    cut off from the pixels between the lungs (``between_lungs``) by lung. A
+    bite into one lung from the chest wall is closed off by that lung and the
+    hull's edge, so it is not mediastinum; the hila, the heart and the
+    diaphragm domes inside the hull are.
+    """
+    between = between_lungs(right, left)
+    lungs = right | left
+    result = np.zeros(right.shape, dtype=bool)
+    for z in np.nonzero(between.any(axis=(1, 2)))[0]:
+        inside = convex_hull_image(lungs[z]) & ~lungs[z]
+        labels, _ = ndi.label(inside)
+        touching = np.unique(labels[between[z] & inside])
+        touching = touching[touching > 0]
+        result[z] = np.isin(labels, touching)
+    return result

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.segment._morphology import (
-    between_lungs,
     bounding_box,
     dilate_disk,
     downsample_in_plane,
     erode_disk,
     in_plane_distance,
     keep_large_components,
+    mediastinum,
     open_disk,
     upsample_in_plane,
 )
@@ -133,7 +133,7 @@ def _classify(
 ) -> np.ndarray:
     """Apply the HU rule and the exclusions on the working grid."""
     core = lung & erode_disk(lung, options.pleura_margin_mm, spacing)
-    near_mediastinum = in_plane_distance(~between_lungs(right, left), spacing)
+    near_mediastinum = in_plane_distance(~mediastinum(right, left), spacing)
 
     dense = core & (smooth > options.consolidation_min_hu)
     dense &= smooth <= options.consolidation_max_hu

@@ -14,9 +14,9 @@ toward the patient's left, y posterior, z superior):
    side of its nearest seed.
 5. Dense lung (consolidation, peripheral opacities against the pleura, vessels)
    is added back per axial slice by a closing and a hole filling of each lung,
-   limited to voxels that are not bone, fat, airway or mediastinum (on each
-   image row, what lies between the two lungs). The closing fills opacities up
-   to about twice its radius wide along the pleura.
+   limited to voxels that are not bone, fat, airway or mediastinum (the part of
+   the convex hull of both lungs that connects to the space between them). The
+   closing fills opacities up to about twice its radius wide along the pleura.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from covidct.segment._morphology import (
-    between_lungs,
     bounding_box,
     close_disk,
     downsample_in_plane,
     in_plane_distance,
     keep_large_components,
+    mediastinum,
     open_disk,
     upsample_in_plane,
 )
@@ -268,7 +268,7 @@ def _add_dense_lung(
     """Add dense lung per slice: hole filling, then a closing of each lung.
 
     Holes enclosed by a lung (vessels, consolidation inside the lung) are lung
-    whatever their density. The closing then adds the dense regions that bite
+    unless they are fat. The closing then adds the dense regions that bite
     into the lung from the pleura, except bone, fat, airway and mediastinum.
     """
     radius = options.closing_radius_mm
@@ -285,7 +285,7 @@ def _add_dense_lung(
         )
     allowed = (hu < options.bone_hu) & ~fat & ~airways
     # The mediastinum lies between the lungs: never lung, whatever its density.
-    allowed &= ~between_lungs(sides == RIGHT, sides == LEFT)
+    allowed &= ~mediastinum(sides == RIGHT, sides == LEFT)
     result = sides.copy()
     for side in (RIGHT, LEFT):
         lung = sides == side
@@ -301,7 +301,7 @@ def _add_dense_lung(
         closed = close_disk(filled, radius, spacing)
         for z in range(closed.shape[0]):
             closed[z] = ndi.binary_fill_holes(closed[z])
-        added = (closed & ~filled & allowed[box]) | (filled & ~crop)
+        added = (closed & ~filled & allowed[box]) | (filled & ~crop & ~fat[box])
         added &= result[box] == 0
         result[box][added] = side
     return result
