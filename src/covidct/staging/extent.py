@@ -3,10 +3,10 @@
 The categories are those of the French Society of Radiology used by Chassagnon
 et al. (Medical Image Analysis 67, 2021): none (0 %), minimal (under 10 %),
 moderate (10-25 %), extensive (25-50 %), severe (50-75 %) and critical (75 % and
-over). The CT-0 to CT-4 grade is the "CT 0-4" scale of Morozov et al. (2020):
-CT-0 no lesion, CT-1 up to 25 %, CT-2 25-50 %, CT-3 50-75 %, CT-4 75 % and over.
-A boundary value belongs to the higher category (exactly 25 % is extensive and
-CT-2).
+over). The CT-0 to CT-4 grade is the "CT 0-4" scale of the MosMedData release
+(Morozov et al., medRxiv 2020.05.20.20100362): CT-0 no lesion, CT-1 under 25 %,
+CT-2 25-50 %, CT-3 50-75 %, CT-4 75 % and over. A boundary value belongs to the
+higher category (exactly 25 % is extensive and CT-2).
 """
 
 from __future__ import annotations
