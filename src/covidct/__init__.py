@@ -1,4 +1,4 @@
-"""covidct: quantify, stage and predict the outcome of COVID-19 pneumonia on chest CT."""
+"""covidct: quantify, stage and predict COVID-19 pneumonia on chest CT."""
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]

@@ -322,32 +322,39 @@ def _group_tasks(
     # voxel thick, and skips interpolation when no spacing changes. Regions
     # with such a spacing of their own form a group alone.
     groups: dict[tuple[str, tuple[float, ...] | None], list[str]] = {}
-    boxes = {}
+    boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for members in _GROUPS:
         for region in members:
             if region not in masks:
                 continue
-            boxes[region] = _bounding_box(masks[region])
-            spacing = None
+            box = _bounding_box(masks[region])
+            if box is None:  # the caller drops empty masks before this
+                continue
+            boxes[region] = box
+            spacing: np.ndarray | None = None
             if requested is not None:
                 spacing = np.where(boxes[region][1] != 1, requested, old_spacing)
                 if np.allclose(old_spacing, spacing):
                     spacing = None
             key_spacing = None if spacing is None else tuple(spacing.tolist())
-            own = spacing is not None and not np.array_equal(spacing, requested)
+            own = spacing is not None and not np.array_equal(
+                spacing, np.asarray(requested)
+            )
             group_name = region if own else members[0]
             groups.setdefault((group_name, key_spacing), []).append(region)
 
     image_array = sitk.GetArrayViewFromImage(image)
     tasks = []
-    for (_, spacing), members in groups.items():
-        lower = np.min([boxes[region][0] for region in members], axis=0)
-        upper = np.max([boxes[region][0] + boxes[region][1] for region in members], 0)
+    for (_, group_spacing), group in groups.items():
+        lower = np.min([boxes[region][0] for region in group], axis=0)
+        upper = np.max([boxes[region][0] + boxes[region][1] for region in group], 0)
         bbox = (lower, upper - lower)
         target = None
         margin = 0
-        if spacing is not None:
-            target = _target_grid(image, bbox, np.array(spacing), kwargs["padDistance"])
+        if group_spacing is not None:
+            target = _target_grid(
+                image, bbox, np.array(group_spacing), kwargs["padDistance"]
+            )
             margin = _SPLINE_MARGIN
         crop_lower = np.maximum(lower - margin, 0)
         crop_upper = np.minimum(upper + margin, np.array(image.GetSize()))
@@ -361,7 +368,7 @@ def _group_tasks(
         tasks.append(
             _GroupTask(
                 image=np.array(image_array[window]),
-                masks={r: masks[r][window].astype(np.uint8) for r in members},
+                masks={r: masks[r][window].astype(np.uint8) for r in group},
                 crop_grid=crop_grid,
                 target_grid=target,
             )
@@ -450,7 +457,7 @@ def _compute_region(
     values: dict[str, float | None] = {}
     for class_name in FEATURE_CLASSES:
         if class_name == "shape":
-            feature_class = _FastShape
+            feature_class: type = _FastShape
         else:
             feature_class = _shared_binning(classes[class_name], binning)
         calculator = feature_class(region_image, region_mask, **kwargs)

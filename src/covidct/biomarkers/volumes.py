@@ -75,7 +75,7 @@ def compute_biomarkers(
         _mean(lung_hu), "HU", "mean HU over both lungs, lesions included"
     )
     low, high = WELL_AERATED_HU
-    aerated = np.count_nonzero((lung_hu >= low) & (lung_hu <= high))
+    aerated = int(np.count_nonzero((lung_hu >= low) & (lung_hu <= high)))
     result["well_aerated_percent"] = Biomarker(
         _percent(aerated, lung_hu.size),
         "%",

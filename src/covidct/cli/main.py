@@ -143,13 +143,15 @@ def _run_analyze(args: argparse.Namespace) -> int:
     )
     show = not args.quiet
     started = time.perf_counter()
-    last = {"name": "", "at": started}
+    last_name = [""]
+    last_at = [started]
 
     def progress(name: str) -> None:
         now = time.perf_counter()
-        if show and last["name"]:
-            print(f"  done in {now - last['at']:.1f} s", file=sys.stderr)
-        last.update(name=name, at=now)
+        if show and last_name[0]:
+            print(f"  done in {now - last_at[0]:.1f} s", file=sys.stderr)
+        last_name[0] = name
+        last_at[0] = now
         if show:
             step = STAGES.index(name) + 1
             print(f"[{step}/{len(STAGES)}] {name} ...", file=sys.stderr, flush=True)
@@ -158,7 +160,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     paths = write_analysis(result, args.output, progress=progress)
     total = time.perf_counter() - started
     if show:
-        print(f"  done in {time.perf_counter() - last['at']:.1f} s", file=sys.stderr)
+        print(f"  done in {time.perf_counter() - last_at[0]:.1f} s", file=sys.stderr)
 
     stage = result.stage
     if args.json:

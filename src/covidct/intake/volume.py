@@ -85,7 +85,8 @@ class CTVolume:
         data = self.hu if array is None else array
         if data.shape != self.hu.shape:
             raise ValueError(
-                f"array shape {data.shape} differs from the volume shape {self.hu.shape}"
+                f"array shape {data.shape} differs from the volume shape "
+                f"{self.hu.shape}"
             )
         if data.dtype == bool:
             data = data.astype(np.uint8)

@@ -219,7 +219,7 @@ def _ellipsoid(radii: tuple[float, float, float]) -> np.ndarray:
     total = sum(
         (grid / max(r, 1e-6)) ** 2 for grid, r in zip(grids, radii, strict=True)
     )
-    return total <= 1.0
+    return np.asarray(total <= 1.0)
 
 
 def _segment_small(
@@ -246,7 +246,8 @@ def _segment_small(
         return np.zeros(hu.shape, dtype=bool)
 
     smooth = ndi.gaussian_filter(hu, sigma=0.7)
-    margin = _ellipsoid((0, *(2 * [options.lung_margin_mm / spacing[0]])))[0]
+    radius = options.lung_margin_mm / spacing[0]
+    margin = _ellipsoid((0.0, radius, radius))[0]
     mediastinum = np.zeros(hu.shape, dtype=bool)
     vertebra_edge = np.full(nz, -1)
     for z in slices:
@@ -373,7 +374,9 @@ def _split_heart(
     # atrium wider than the opening it stays in the heart (seen on P002).
     heart = watershed(-depth, markers, mask=opened) == 1
 
-    top = _find_heart_top(opened, center, options.top_area_fraction)
+    top = _find_heart_top(
+        opened, tuple(int(i) for i in center), options.top_area_fraction
+    )
     heart[top:] = False
     labels, _ = ndi.label(heart)
     if labels[center] == 0:
