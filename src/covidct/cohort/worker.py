@@ -1,0 +1,235 @@
+"""The work on one study, run in a worker process or on a Dask worker.
+
+This module imports the pipeline only inside ``run_study``, so that a worker
+can bound its threads before numpy and SimpleITK load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from covidct.cohort.task import StudyTask
+from covidct.errors import CovidctError
+
+__all__ = [
+    "THREAD_VARIABLES",
+    "StudyOutcome",
+    "StudySettings",
+    "init_local_worker",
+    "run_study",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables that set the thread count of OpenMP, the BLAS
+#: libraries, numexpr and ITK. They only act on libraries loaded after they
+#: are set, so ``run_study`` also bounds the loaded ones with threadpoolctl.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Analysis settings shared by every study of a batch.
+
+    Attributes:
+        radiomics: Whether to extract the PyRadiomics features.
+        allow_gaps: Whether to interpolate over missing slices (``--allow-gaps``).
+        threads: Threads that one study may use in numpy, BLAS and ITK.
+    """
+
+    radiomics: bool = True
+    allow_gaps: bool = False
+    threads: int = 1
+
+    def key(self) -> dict[str, object]:
+        """Return the settings that change the outputs, as stored with them."""
+        return {"radiomics": self.radiomics, "allow_gaps": self.allow_gaps}
+
+
+@dataclass
+class StudyOutcome:
+    """What the analysis of one study returned to the batch.
+
+    Attributes:
+        study_id: The study.
+        ok: Whether the analysis and the writing of its files succeeded.
+        files: Output file name to content, empty on failure.
+        stage: Stage that failed (a name of ``covidct.analysis.STAGES``, or
+            ``worker`` when the process running it died).
+        error: Class name of the exception.
+        message: The error message on one line.
+        details: Traceback of an unexpected exception, for the log.
+        seconds: Wall time of the study in the worker.
+        warnings: Number of warnings in the report.
+    """
+
+    study_id: str
+    ok: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    stage: str | None = None
+    error: str | None = None
+    message: str | None = None
+    details: str | None = None
+    seconds: float = 0.0
+    warnings: int = 0
+
+    def failure(self) -> dict[str, str]:
+        """Return the failure as stored in the study's status file."""
+        return {
+            "stage": self.stage or "",
+            "error": self.error or "",
+            "message": self.message or "",
+        }
+
+
+def init_local_worker(threads: int, parent_pid: int, log_level: int | None) -> None:
+    """Prepare a process of the local pool: bound threads, follow the parent.
+
+    A watchdog thread ends the worker when the batch process is gone, for
+    example after SIGKILL, so that no orphan keeps analysing. The check relies
+    on the worker being re-parented when its parent dies (POSIX).
+
+    Args:
+        threads: Threads of numpy, BLAS, OpenMP and ITK.
+        parent_pid: Process id of the batch process.
+        log_level: Level of the worker's log on standard error, or None to
+            leave logging unconfigured.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if log_level is not None:
+        logging.basicConfig(
+            level=log_level, format="covidct: %(levelname)s: worker: %(message)s"
+        )
+        logging.getLogger("covidct").setLevel(log_level)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="covidct-parent-watchdog", daemon=True).start()
+
+
+def run_study(task: StudyTask, settings: StudySettings) -> StudyOutcome:
+    """Analyse one study and return its output files, or why it failed.
+
+    Never raises for a failure of the study itself: input errors, failed
+    stages and unexpected exceptions come back in the outcome, so that one
+    study cannot stop the batch.
+    """
+    from covidct.analysis import AnalysisOptions, analyze, write_analysis
+    from covidct.intake import IntakeOptions
+
+    options = AnalysisOptions(
+        intake=IntakeOptions(allow_gaps=settings.allow_gaps),
+        radiomics=settings.radiomics,
+        workers=1,
+    )
+    current = {"stage": "intake"}
+
+    def progress(name: str) -> None:
+        current["stage"] = name
+
+    started = time.perf_counter()
+    try:
+        with (
+            _bounded_threads(settings.threads),
+            tempfile.TemporaryDirectory(prefix="covidct-batch-") as temporary,
+        ):
+            root = Path(temporary)
+            path = task.path
+            if task.files:
+                path = _link_files(task.files, task.path, root / "input")
+            result = analyze(path, options, progress=progress)
+            if task.files:
+                result.volume.provenance.source = str(task.path)
+            paths = write_analysis(result, root / "output", progress=progress)
+            files = {p.name: p.read_bytes() for p in paths.values()}
+    except CovidctError as error:
+        return _failed(task, current["stage"], error, started)
+    except MemoryError as error:
+        return _failed(task, current["stage"], error, started, "out of memory")
+    # A defect in one stage must not stop the other studies of the night, so
+    # any exception becomes a recorded failure with its traceback.
+    except Exception as error:  # noqa: BLE001
+        outcome = _failed(task, current["stage"], error, started)
+        outcome.details = traceback.format_exc()
+        return outcome
+    return StudyOutcome(
+        study_id=task.study_id,
+        ok=True,
+        files=files,
+        seconds=time.perf_counter() - started,
+        warnings=len(result.warnings),
+    )
+
+
+def _failed(
+    task: StudyTask,
+    stage: str,
+    error: BaseException,
+    started: float,
+    message: str | None = None,
+) -> StudyOutcome:
+    if message is None and isinstance(error, CovidctError):
+        # One line for failures.csv; the source path is in its own column.
+        message = error.message.rstrip(".")
+        if error.path is not None:
+            message = f"{error.path}: {message}"
+        if error.hint:
+            message += f". What to do: {error.hint}"
+    text = message or str(error) or type(error).__name__
+    return StudyOutcome(
+        study_id=task.study_id,
+        ok=False,
+        stage=stage,
+        error=type(error).__name__,
+        message=" ".join(text.split()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@contextmanager
+def _bounded_threads(threads: int) -> Iterator[None]:
+    """Bound the thread pools of the loaded BLAS, OpenMP and ITK libraries."""
+    import SimpleITK as sitk
+    from threadpoolctl import threadpool_limits
+
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _link_files(files: tuple[Path, ...], folder: Path, target: Path) -> Path:
+    """Mirror ``files`` under ``target`` as symbolic links, keeping their paths.
+
+    A study split from a folder that holds several studies is read from these
+    links, so intake sees only its files and reports them by the same
+    relative names.
+    """
+    for path in files:
+        link = target / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path.resolve())
+    return target
