@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covidct import __version__
+from covidct.cohort.command import add_batch_parser
 from covidct.errors import CovidctError
 
 __all__ = ["main"]
@@ -21,8 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status.
 
     Exit status: 0 success, 1 failure of the tool or of a download, 2 an input
-    or output problem the user can fix (the message says what to do), 130
-    interrupted.
+    or output problem the user can fix (the message says what to do), 3 a
+    batch that finished with some studies failed, 130 interrupted.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -118,6 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", type=Path, help="folder to download into")
     fetch.add_argument("--url", help="base URL that serves the sample's files")
     fetch.set_defaults(run=_run_fetch_sample)
+
+    add_batch_parser(commands)
     return parser
 
 
