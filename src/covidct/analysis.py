@@ -177,17 +177,18 @@ def write_analysis(
     Raises:
         OutputError: If the folder cannot be created or written.
     """
-    from covidct.report import write_outputs
+    from covidct.report import write_outputs, write_report_json
 
     if progress is not None:
         progress("report")
     start = time.perf_counter()
-    report = result.report()
-    # The time of this stage is known only after writing, so the JSON records
-    # the stages before it; the log has the rest.
-    paths = write_outputs(Path(out_dir), result.volume, result.segmentation, report)
+    paths = write_outputs(
+        Path(out_dir), result.volume, result.segmentation, result.report()
+    )
     result.timings_s["report"] = time.perf_counter() - start
     logger.info("report took %.1f s", result.timings_s["report"])
+    # The time of the report stage is known only now: write the JSON again.
+    write_report_json(Path(out_dir), result.report())
     return paths
 
 

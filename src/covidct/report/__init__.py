@@ -42,6 +42,12 @@ the values.
 """
 
 from covidct.report.table import STAGE_FIELDS, biomarker_row
-from covidct.report.writer import OUTPUT_FILES, write_outputs
+from covidct.report.writer import OUTPUT_FILES, write_outputs, write_report_json
 
-__all__ = ["OUTPUT_FILES", "STAGE_FIELDS", "biomarker_row", "write_outputs"]
+__all__ = [
+    "OUTPUT_FILES",
+    "STAGE_FIELDS",
+    "biomarker_row",
+    "write_outputs",
+    "write_report_json",
+]

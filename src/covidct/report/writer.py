@@ -23,7 +23,7 @@ from covidct.report.table import biomarker_row, row_csv
 from covidct.report.views import render_views
 from covidct.segment.result import Segmentation
 
-__all__ = ["OUTPUT_FILES", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "write_outputs", "write_report_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,3 +171,14 @@ def write_outputs(
 
     logger.info("wrote the report of %s to %s", volume.provenance.source, out_dir)
     return paths
+
+
+def write_report_json(out_dir: Path, report: Mapping[str, Any]) -> Path:
+    """Replace ``report.json`` in ``out_dir`` atomically with ``report``.
+
+    Raises:
+        OutputError: If the file cannot be written.
+    """
+    path = Path(out_dir) / OUTPUT_FILES["report_json"]
+    _write_atomic(path, report_json(to_jsonable(report)).encode("utf-8"))
+    return path
