@@ -276,7 +276,7 @@ def _split_by_study_uid(
 
 def _group_by_study_uid(folder: Path) -> dict[str, list[SeriesFiles]]:
     """Read the DICOM headers under ``folder`` and group the series by study."""
-    provenance = Provenance(source=str(folder), kind="dicom")
+    provenance = _ScanProvenance(source=str(folder), kind="dicom")
     studies: dict[str, list[SeriesFiles]] = defaultdict(list)
     with _ignore_invalid_values():
         series = scan_folder(folder, FileNames(folder, folder), provenance)
@@ -291,6 +291,18 @@ def _group_by_study_uid(folder: Path) -> dict[str, list[SeriesFiles]]:
             uid = str(header.get("StudyInstanceUID", "") or "").strip()
             studies[uid or "no-study-uid"].append(entry)
     return dict(studies)
+
+
+class _ScanProvenance(Provenance):
+    """Provenance that logs intake's warnings at debug level only.
+
+    Finding the studies reads every header once more before the analysis,
+    which warns about the same oddities and records them in the report.
+    """
+
+    def warn(self, message: str) -> None:
+        logger.debug("while finding studies: %s", message)
+        self.warnings.append(message)
 
 
 @contextmanager
