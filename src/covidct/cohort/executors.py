@@ -121,26 +121,43 @@ class DaskBackend:
         self.threads = threads
         try:
             self._client = Client(address, timeout="30s", set_as_default=False)
-            self._client.wait_for_workers(1, timeout=60)
+            # Workers of a job queue (SLURM) may start minutes after the
+            # scheduler, so the batch waits up to 10 minutes for the first.
+            logger.info("waiting for a worker of %s", address)
+            self._client.wait_for_workers(1, timeout=600)
         except (OSError, TimeoutError) as error:
             raise CovidctError(
                 f"failed to connect to the Dask scheduler at {address}: {error}",
                 hint="Check the address (tcp://HOST:PORT), that the scheduler "
                 "runs and that at least one worker is connected.",
             ) from error
-        workers = self._client.scheduler_info()["workers"].values()
-        self.slots = sum(int(w.get("nthreads", 1)) for w in workers)
-        limits = [int(w.get("memory_limit") or 0) for w in workers]
-        # A worker without a memory limit reports 0; then the cluster's memory
+        logger.info("connected to %s: %d workers, %d threads", address, *self._count())
+
+    def _workers(self) -> list[dict[str, Any]]:
+        return list(self._client.scheduler_info()["workers"].values())
+
+    def _count(self) -> tuple[int, int]:
+        workers = self._workers()
+        return len(workers), self.slots
+
+    @property
+    def slots(self) -> int:
+        """Threads of the workers connected now; workers may join later."""
+        return max(1, sum(int(w.get("nthreads", 1)) for w in self._workers()))
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """Sum of the workers' memory limits, or None if a worker has none."""
+        # A worker without a memory limit reports 0, so the cluster's memory
         # is unknown and only the thread count bounds the studies in flight.
-        self.memory_bytes = sum(limits) if limits and min(limits) > 0 else None
-        self.max_worker_bytes = max(limits) if limits else 0
-        logger.info(
-            "connected to %s: %d workers, %d threads",
-            address,
-            len(limits),
-            self.slots,
-        )
+        limits = [int(w.get("memory_limit") or 0) for w in self._workers()]
+        return sum(limits) if limits and min(limits) > 0 else None
+
+    @property
+    def max_worker_bytes(self) -> int:
+        """Largest memory limit of one worker, 0 when none is set."""
+        limits = [int(w.get("memory_limit") or 0) for w in self._workers()]
+        return max(limits, default=0)
 
     def submit(self, task: StudyTask, settings: StudySettings) -> Any:
         key = f"covidct-study-{task.study_id}-{uuid.uuid4().hex[:8]}"
