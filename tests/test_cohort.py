@@ -1,9 +1,9 @@
 """Batch analysis of cohorts on copies of real studies.
 
 Each analysis of P002 without radiomics takes 10 to 25 s on 2 cores, so the
-runs below share their outputs where they can: one full run, a rerun of it, a
-partial study redone, a run killed with SIGKILL and resumed, and a manifest
-run on a Dask LocalCluster bound to 127.0.0.1.
+runs below share their outputs where they can. They are one full run, a
+rerun of it, a partial study redone, a run killed with SIGKILL and resumed,
+and a manifest run on a Dask LocalCluster bound to 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Layout of ``OUT``::
 
 Only the batch process writes here, every file through a temporary name and
 ``os.replace``. A study counts as done only when its ``batch-status.json``
-says ``done``, its settings and source match the current run, and every file
+records ``done``, its settings and source match the current run, and every file
 it lists exists with the recorded size. Anything else is analysed again.
 """
 

@@ -64,7 +64,7 @@ class StudySettings:
 
 @dataclass
 class StudyOutcome:
-    """What the analysis of one study returned to the batch.
+    """Result of the analysis of one study, as returned to the batch.
 
     Attributes:
         study_id: The study.
@@ -130,9 +130,9 @@ def init_local_worker(threads: int, parent_pid: int, log_level: int | None) -> N
 def run_study(task: StudyTask, settings: StudySettings) -> StudyOutcome:
     """Analyse one study and return its output files, or why it failed.
 
-    Never raises for a failure of the study itself: input errors, failed
-    stages and unexpected exceptions come back in the outcome, so that one
-    study cannot stop the batch.
+    Every ``Exception`` raised by the analysis, from input errors to defects
+    in a stage, comes back in the outcome, so that one study cannot stop the
+    batch. A crash of the process itself is seen by the batch instead.
     """
     from covidct.analysis import AnalysisOptions, analyze, write_analysis
     from covidct.intake import IntakeOptions
@@ -224,7 +224,7 @@ def _bounded_threads(threads: int) -> Iterator[None]:
 def _link_files(files: tuple[Path, ...], folder: Path, target: Path) -> Path:
     """Mirror ``files`` under ``target`` as symbolic links, keeping their paths.
 
-    A study split from a folder that holds several studies is read from these
+    A study split from a folder that contains several studies is read from these
     links, so intake sees only its files and reports them by the same
     relative names.
     """
