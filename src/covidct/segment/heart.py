@@ -66,6 +66,11 @@ class HeartOptions:
             ``(min, max)``, whose tissue seeds the abdomen (mm).
         top_area_fraction: The heart ends where the tissue cross-section drops
             below this fraction of its area at the seed level.
+        airway_hu: Air between the lungs below this value is airway (HU).
+        min_bronchus_mm2: Smallest airway cross-section counted when looking
+            for the split of the trachea (mm²).
+        below_carina_mm: The heart ends at most this far below the carina
+            (mm), under the great vessels.
     """
 
     grid_mm: float = 2.0
@@ -79,6 +84,9 @@ class HeartOptions:
     seed_depth_fraction: float = 0.6
     liver_depth_mm: tuple[float, float] = (10.0, 40.0)
     top_area_fraction: float = 0.35
+    airway_hu: float = -800.0
+    min_bronchus_mm2: float = 30.0
+    below_carina_mm: float = 10.0
 
 
 def segment_heart(
@@ -249,17 +257,21 @@ def _segment_small(
     radius = options.lung_margin_mm / spacing[0]
     margin = _ellipsoid((0.0, radius, radius))[0]
     mediastinum = np.zeros(hu.shape, dtype=bool)
+    hull_air = np.zeros(hu.shape, dtype=bool)
     vertebra_edge = np.full(nz, -1)
     for z in slices:
         lung = lungs[z] > 0
-        region = convex_hull_image(lung) & ~ndi.binary_dilation(lung, margin)
+        hull = convex_hull_image(lung)
+        hull_air[z] = hull & ~lung & (smooth[z] < options.airway_hu)
+        region = hull & ~ndi.binary_dilation(lung, margin)
         mediastinum[z] = region
         vertebra_edge[z] = _find_vertebra_edge(smooth[z], region, spacing, options)
 
     tissue = mediastinum & (smooth >= options.low_hu) & (smooth <= options.high_hu)
     cut = _smooth_edges(vertebra_edge, slices, ny)
     tissue &= np.arange(ny)[None, :, None] < cut[:, None, None]
-    heart = _split_heart(tissue, lungs, spacing, slices, options)
+    carina = _find_carina(hull_air, slices, spacing, options)
+    heart = _split_heart(tissue, lungs, spacing, slices, options, carina)
     if not heart.any():
         logger.warning(
             "no heart segmented: the mediastinum contains no soft tissue between "
@@ -344,8 +356,13 @@ def _split_heart(
     spacing: tuple[float, float, float],
     slices: np.ndarray,
     options: HeartOptions,
+    carina: int | None,
 ) -> np.ndarray:
-    """Separate the heart from the abdomen and the great vessels (steps 4 to 6)."""
+    """Separate the heart from the abdomen and the great vessels (steps 4 to 6).
+
+    ``carina`` is the slice of the carina, when found; the heart ends at most
+    ``below_carina_mm`` below it.
+    """
     nz = tissue.shape[0]
     sampling = (spacing[2], spacing[1], spacing[0])
     radius = options.opening_radius_mm
@@ -377,6 +394,10 @@ def _split_heart(
     top = _find_heart_top(
         opened, tuple(int(i) for i in center), options.top_area_fraction
     )
+    if carina is not None:
+        below_carina = carina - int(round(options.below_carina_mm / spacing[2]))
+        if center[0] < below_carina < top:
+            top = below_carina
     heart[top:] = False
     labels, _ = ndi.label(heart)
     if labels[center] == 0:
@@ -404,6 +425,31 @@ def _below_right_lung(
         else:
             under_far[: nz - shift] |= right[shift:]
     return under_far & ~under_near
+
+
+def _find_carina(
+    hull_air: np.ndarray,
+    slices: np.ndarray,
+    spacing: tuple[float, float, float],
+    options: HeartOptions,
+) -> int | None:
+    """Return the slice of the carina, or None when the split is not seen.
+
+    Walking down from the highest slice with both lungs, the airway between
+    the lungs is one component (the trachea) until it splits in two (the main
+    bronchi). The carina is the last slice with one component.
+    """
+    min_pixels = options.min_bronchus_mm2 / (spacing[0] * spacing[1])
+    seen_trachea = False
+    for z in sorted(slices.tolist(), reverse=True):
+        labels, count = ndi.label(hull_air[z])
+        sizes = np.bincount(labels.ravel())[1:]
+        airways = int(np.count_nonzero(sizes >= min_pixels))
+        if airways == 1:
+            seen_trachea = True
+        elif airways >= 2 and seen_trachea:
+            return z + 1
+    return None
 
 
 def _find_heart_top(

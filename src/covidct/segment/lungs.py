@@ -52,6 +52,9 @@ class LungOptions:
 
     Attributes:
         air_hu: Voxels below this value are air or aerated lung (HU).
+        airway_hu: Airway lumen is below this value (HU), on the working grid.
+        bronchi_length_mm: Length of the main bronchi below the carina that is
+            removed from the lungs (mm).
         min_component_ml: Air components inside the body smaller than this are
             not lung (ml).
         max_airway_area_mm2: A 2D air component between the lungs with an area
@@ -66,6 +69,8 @@ class LungOptions:
     """
 
     air_hu: float = -500.0
+    airway_hu: float = -900.0
+    bronchi_length_mm: float = 40.0
     min_component_ml: float = 30.0
     max_airway_area_mm2: float = 700.0
     closing_radius_mm: float = 20.0
@@ -111,7 +116,12 @@ def segment_lungs(
         )
         return np.zeros(hu.shape, dtype=np.uint8), warnings
 
-    airways = _find_airways(candidates, spacing, options.max_airway_area_mm2)
+    # Airway lumen is darker than aerated lung; at this threshold the wall
+    # keeps the main bronchi apart from the lung down to the hila.
+    lumen = candidates & (hu < options.airway_hu)
+    airways = _find_airways(
+        lumen, spacing, options.max_airway_area_mm2, options.bronchi_length_mm
+    )
     lungs_air = candidates & ~airways
     lungs_air = keep_large_components(lungs_air, options.min_component_ml / voxel_ml)
     sides = _split_left_right(lungs_air, spacing)
@@ -150,13 +160,15 @@ def _find_airways(
     candidates: np.ndarray,
     spacing: tuple[float, float, float],
     max_area_mm2: float,
+    bronchi_length_mm: float,
 ) -> np.ndarray:
     """Find the trachea and main bronchi outside the lung parenchyma.
 
     Walks the slices from the top down. A 2D component is airway when it is
     small, and either lies on the topmost slices with air or overlaps the
-    airway found on the slice above. The walk keeps going below the carina
-    because the main bronchi stay separate 2D components until the hila.
+    airway found on the slice above. Below the carina (the first slice where
+    the airway splits) the walk follows the main bronchi for
+    ``bronchi_length_mm``; the airways beyond lie in the lung and stay lung.
     """
     pixel_mm2 = spacing[0] * spacing[1]
     max_pixels = max_area_mm2 / pixel_mm2
@@ -165,7 +177,10 @@ def _find_airways(
     nz = candidates.shape[0]
     center_x = candidates.shape[2] / 2.0
     started = False
+    carina: int | None = None
     for z in range(nz - 1, -1, -1):
+        if carina is not None and (carina - z) * spacing[2] > bronchi_length_mm:
+            break
         labels, count = ndi.label(candidates[z])
         if count == 0:
             if started:
@@ -194,6 +209,8 @@ def _find_airways(
                 continue
             continue
         started = True
+        if carina is None and ndi.label(found)[1] >= 2:
+            carina = z
         airways[z] = found
         above = ndi.binary_dilation(found, iterations=2)
     return airways
