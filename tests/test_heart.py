@@ -65,8 +65,10 @@ def study(request: pytest.FixtureRequest) -> dict:
 
 
 def test_heart_volume_plausible(study: dict) -> None:
+    # Chambers and myocardium of an adult without the pericardial fat, which
+    # the mask leaves out: P002 measures 355 ml and normal001 472 ml.
     volume_ml = study["heart"].sum() * np.prod(study["spacing"]) / 1000.0
-    assert 350.0 <= volume_ml <= 1200.0, f"heart volume {volume_ml:.0f} ml"
+    assert 300.0 <= volume_ml <= 1200.0, f"heart volume {volume_ml:.0f} ml"
 
 
 def test_heart_between_lungs(study: dict) -> None:
