@@ -387,8 +387,9 @@ def _split_heart(
     markers = np.zeros(tissue.shape, dtype=np.int32)
     markers[abdomen_seed] = 2
     markers[heart_seed] = 1
-    # NOTE: nothing seeds the descending aorta, so where it touches the left
-    # atrium wider than the opening it stays in the heart (seen on P002).
+    # NOTE: nothing seeds the descending aorta. Where it touches the left
+    # atrium wider than the opening and the carina bound misses the arch (no
+    # carina found), it stays in the heart.
     heart = watershed(-depth, markers, mask=opened) == 1
 
     top = _find_heart_top(
@@ -458,7 +459,7 @@ def _find_heart_top(
     """Return the first slice above the seed where the heart's tissue narrows.
 
     NOTE: the area fraction was set on two non-contrast scans and one CTA crop;
-    on P002 it cuts the top of the atria a few slices low.
+    the carina bound usually ends the heart lower.
     """
     labels, _ = ndi.label(opened)
     component = labels == labels[center]
