@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covidct import __version__
 from covidct.biomarkers.volumes import Biomarker, compute_biomarkers
@@ -21,6 +21,9 @@ from covidct.intake.volume import CTVolume
 from covidct.segment.result import LABELS, Segmentation
 from covidct.segment.threshold import segment_threshold
 from covidct.staging import ExtentStage, stage_extent
+
+if TYPE_CHECKING:
+    from covidct.prognosis.predict import PatientInfo
 
 __all__ = ["STAGES", "AnalysisOptions", "AnalysisResult", "analyze", "write_analysis"]
 
@@ -39,11 +42,14 @@ class AnalysisOptions:
         radiomics: Whether to extract the 535 PyRadiomics features (the slowest
             stage; the other biomarkers do not need it).
         workers: Processes for the radiomics regions.
+        patient: Age, sex and clinical inputs of the outcome estimate; without
+            age and sex the report says that the outcome was not estimated.
     """
 
     intake: IntakeOptions = field(default_factory=IntakeOptions)
     radiomics: bool = True
     workers: int = 1
+    patient: PatientInfo | None = None
 
 
 @dataclass
@@ -57,6 +63,7 @@ class AnalysisResult:
     stage: ExtentStage
     warnings: list[str]
     timings_s: dict[str, float]
+    prognosis: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
         """Build the report dict that ``covidct.report.write_outputs`` writes."""
@@ -95,7 +102,7 @@ class AnalysisResult:
             },
             "radiomics": self.radiomics,
             "stage": self.stage.to_dict(),
-            "prognosis": None,
+            "prognosis": self.prognosis,
             "warnings": self.warnings,
             "timings_s": {
                 name: round(value, 3) for name, value in self.timings_s.items()
@@ -145,6 +152,9 @@ def analyze(
     with stage("staging"):
         extent = biomarkers["Disease_extent"].value
         stage_result = stage_extent(0.0 if extent is None else extent)
+        prognosis, prognosis_warnings = _estimate_prognosis(
+            biomarkers, radiomics, options.patient
+        )
 
     warnings = list(volume.provenance.warnings)
     for message in segmentation.warnings:
@@ -156,6 +166,7 @@ def analyze(
         warnings.append(message)
     if not options.radiomics:
         warnings.append("radiomics features were not computed (--no-radiomics)")
+    warnings += prognosis_warnings
     return AnalysisResult(
         volume=volume,
         segmentation=segmentation,
@@ -164,7 +175,21 @@ def analyze(
         stage=stage_result,
         warnings=warnings,
         timings_s=timings,
+        prognosis=prognosis,
     )
+
+
+def _estimate_prognosis(
+    biomarkers: dict[str, Biomarker],
+    radiomics: dict[str, float | None],
+    patient: PatientInfo | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Run the bundled outcome model on the study's measures."""
+    from covidct.prognosis.predict import estimate_prognosis
+
+    measures = {name: marker.value for name, marker in biomarkers.items()}
+    measures.update(radiomics)
+    return estimate_prognosis(measures, patient)
 
 
 def write_analysis(

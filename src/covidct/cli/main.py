@@ -106,6 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print report.json to stdout (progress and logs stay on stderr)",
     )
+    _add_patient_arguments(analyze)
     analyze.set_defaults(run=_run_analyze)
 
     fetch = commands.add_parser(
@@ -121,7 +122,101 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=_run_fetch_sample)
 
     add_batch_parser(commands)
+    _add_prognosis_commands(commands)
     return parser
+
+
+def _add_patient_arguments(analyze: argparse.ArgumentParser) -> None:
+    patient = analyze.add_argument_group(
+        "outcome estimate",
+        "Age and sex are required for the outcome estimate. Giving --crp or "
+        "--lymphocytes selects the model with clinical inputs; then an absent "
+        "--hypertension or --diabetes counts as no, and a missing CRP or "
+        "lymphocyte count is set to the training median.",
+    )
+    patient.add_argument("--age", type=float, metavar="YEARS", help="age in years")
+    patient.add_argument("--sex", choices=["M", "F", "m", "f"], help="M or F")
+    patient.add_argument(
+        "--hypertension", action="store_true", default=None, help="known hypertension"
+    )
+    patient.add_argument(
+        "--diabetes", action="store_true", default=None, help="known diabetes"
+    )
+    patient.add_argument(
+        "--crp", type=float, metavar="MG_PER_L", help="C-reactive protein in mg/l"
+    )
+    patient.add_argument(
+        "--lymphocytes",
+        type=float,
+        metavar="G_PER_L",
+        help="lymphocyte count in 10^9 cells/l (not a percentage)",
+    )
+
+
+def _add_prognosis_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train-prognosis",
+        help="train and evaluate the outcome models on a cohort",
+        description=(
+            "Select features, tune the classifier pool and fit the calibrated "
+            "consensus on the training split, score it and the baselines on the "
+            "test split, and write the model (.skops), its model card, the "
+            "evaluation page, plots and metrics into the output folder."
+        ),
+    )
+    train.add_argument(
+        "cohort",
+        type=Path,
+        help="Covid-MedIA folder, or CSV of biomarkers.csv rows with Age, Sex, "
+        "optional HBP, Diabetes, Lymphocytes, CRP, an outcome column and an "
+        "optional split column (train/test)",
+    )
+    train.add_argument("--outcome", metavar="COLUMN", help="outcome column of a CSV")
+    train.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (created)"
+    )
+    train.add_argument(
+        "--clinical",
+        action="store_true",
+        help="also use hypertension, diabetes, lymphocytes and CRP",
+    )
+    train.add_argument(
+        "--textures",
+        action="store_true",
+        help="also use texture features (they depend on the radiomics bin width)",
+    )
+    train.add_argument("--name", help="model name (default: imaging or clinical)")
+    train.add_argument(
+        "--selection-splits",
+        type=int,
+        default=100,
+        metavar="N",
+        help="subsamples of the feature prevalence (default: 100)",
+    )
+    train.add_argument(
+        "--tuning-splits",
+        type=int,
+        default=20,
+        metavar="N",
+        help="shuffle splits per grid point of the tuning (default: 20)",
+    )
+    train.set_defaults(run=_run_train_prognosis)
+
+    evaluate = commands.add_parser(
+        "evaluate-prognosis",
+        help="score an outcome model and the baselines on a cohort's test split",
+    )
+    evaluate.add_argument("cohort", type=Path, help="as for train-prognosis")
+    evaluate.add_argument("--outcome", metavar="COLUMN", help="outcome column of a CSV")
+    evaluate.add_argument(
+        "--model",
+        default="imaging",
+        help="bundled model name (imaging, clinical) or .skops file (default: imaging)",
+    )
+    evaluate.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (created)"
+    )
+    evaluate.set_defaults(run=_run_evaluate_prognosis)
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
@@ -135,6 +230,7 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from covidct.analysis import STAGES, AnalysisOptions, analyze, write_analysis
     from covidct.intake import IntakeOptions
+    from covidct.prognosis.predict import PatientInfo
     from covidct.report.serialize import report_json, to_jsonable
 
     if args.workers < 1:
@@ -143,6 +239,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
         intake=IntakeOptions(series_uid=args.series, allow_gaps=args.allow_gaps),
         radiomics=not args.no_radiomics,
         workers=args.workers,
+        patient=PatientInfo(
+            age=args.age,
+            sex=args.sex,
+            hypertension=args.hypertension,
+            diabetes=args.diabetes,
+            crp=args.crp,
+            lymphocytes=args.lymphocytes,
+        ),
     )
     show = not args.quiet
     started = time.perf_counter()
@@ -177,6 +281,55 @@ def _run_analyze(args: argparse.Namespace) -> int:
             print(f"{len(result.warnings)} warning(s), listed in the report.")
         print(f"Report: {paths['report_html']}")
         print(f"Finished in {total:.1f} s.")
+    return 0
+
+
+def _run_train_prognosis(args: argparse.Namespace) -> int:
+    from covidct.prognosis.train import TrainingOptions
+    from covidct.prognosis.workflow import load_cohort, run_training
+
+    for option in ("selection_splits", "tuning_splits"):
+        if getattr(args, option) < 2:
+            raise CovidctError(
+                f"--{option.replace('_', '-')} must be at least 2, got "
+                f"{getattr(args, option)}"
+            )
+    cohort = load_cohort(args.cohort, args.outcome)
+    options = TrainingOptions(
+        clinical=args.clinical,
+        textures=args.textures,
+        selection_splits=args.selection_splits,
+        tuning_splits=args.tuning_splits,
+    )
+    model, paths = run_training(cohort, options, args.output, name=args.name)
+    binary = model.metadata["test_metrics"]["binary"]
+    print(
+        f"Test AUC {binary['auc']:.3f}, balanced accuracy "
+        f"{binary['balanced_accuracy']:.3f} on {binary['patients']} patients."
+    )
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def _run_evaluate_prognosis(args: argparse.Namespace) -> int:
+    from covidct.prognosis.model import BUNDLED_MODELS, bundled_model_path
+    from covidct.prognosis.workflow import load_cohort, run_evaluation
+
+    model_path = (
+        bundled_model_path(args.model)
+        if args.model in BUNDLED_MODELS
+        else Path(args.model)
+    )
+    cohort = load_cohort(args.cohort, args.outcome)
+    metrics, paths = run_evaluation(model_path, cohort, args.output)
+    binary = metrics["binary"]
+    print(
+        f"Test AUC {binary['auc']:.3f}, balanced accuracy "
+        f"{binary['balanced_accuracy']:.3f} on {binary['patients']} patients."
+    )
+    for path in paths.values():
+        print(path)
     return 0
 
 

@@ -287,11 +287,51 @@ def _prognosis(report: Mapping[str, Any]) -> str:
     prognosis = report.get("prognosis")
     if prognosis is None:
         return ""
-    if isinstance(prognosis, Mapping):
+    if isinstance(prognosis, Mapping) and prognosis.get("status") == "estimated":
+        body = _prognosis_estimate(prognosis)
+    elif isinstance(prognosis, Mapping) and prognosis.get("status"):
+        body = f"<p>{_escape(prognosis.get('reason', prognosis['status']))}</p>"
+    elif isinstance(prognosis, Mapping):
         body = _measure_table(prognosis, "Item")
     else:
         body = f"<p>{_format_value(prognosis)}</p>"
     return f'<section id="prognosis"><h2>Prognosis</h2>{body}</section>'
+
+
+def _prognosis_estimate(prognosis: Mapping[str, Any]) -> str:
+    """Format the estimate of ``covidct.prognosis.predict.estimate_prognosis``."""
+    severe = float(prognosis["probability_severe"])
+    parts = [
+        f"<p>Probability of a severe outcome (intubation or death within 4 days): "
+        f"<strong>{100 * severe:.0f} %</strong>, predicted "
+        f"<strong>{_escape(prognosis.get('predicted_class'))}</strong> "
+        f"({_escape(prognosis.get('decision_rule'))}). Model: "
+        f"{_escape(prognosis.get('model'))}.</p>"
+    ]
+    three = prognosis.get("three_class")
+    if isinstance(three, Mapping):
+        rows = [
+            {"outcome": name, "probability": f"{100 * float(value):.0f} %"}
+            for name, value in three.get("probabilities", {}).items()
+        ]
+        parts.append(
+            f"<h3>Three outcomes (predicted: "
+            f"{_escape(three.get('predicted_class'))})</h3>{_records_table(rows)}"
+        )
+    for key, title in (
+        ("risk_up", "Inputs that raised the risk most"),
+        ("risk_down", "Inputs that lowered the risk most"),
+        ("out_of_range", "Inputs outside the training cohort's range"),
+    ):
+        if prognosis.get(key):
+            parts.append(f"<h3>{title}</h3>{_records_table(prognosis[key])}")
+    if prognosis.get("imputed_inputs"):
+        parts.append(
+            '<p class="note">Set to the training median: '
+            f"{_escape(', '.join(prognosis['imputed_inputs']))}.</p>"
+        )
+    parts.append(f'<p class="note">{_escape(prognosis.get("intended_use"))}</p>')
+    return "".join(parts)
 
 
 def _records_table(records: Sequence[Any]) -> str:
