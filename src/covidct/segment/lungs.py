@@ -55,6 +55,12 @@ class LungOptions:
         airway_hu: Airway lumen is below this value (HU), on the working grid.
         bronchi_length_mm: Length of the main bronchi below the carina that is
             removed from the lungs (mm).
+        dome_min_mm2: A hole in a lung whose lowest slice covers this area or
+            more and rests on no lung is the top of a diaphragm dome, not lung
+            (mm²).
+        min_lung_fraction: After the airways are removed, air components
+            smaller than this fraction of the largest one are not lung (bowel
+            gas under the diaphragm).
         min_component_ml: Air components inside the body smaller than this are
             not lung (ml).
         max_airway_area_mm2: A 2D air component between the lungs with an area
@@ -69,6 +75,8 @@ class LungOptions:
     """
 
     air_hu: float = -500.0
+    dome_min_mm2: float = 150.0
+    min_lung_fraction: float = 0.05
     airway_hu: float = -900.0
     bronchi_length_mm: float = 40.0
     min_component_ml: float = 30.0
@@ -123,7 +131,9 @@ def segment_lungs(
         lumen, spacing, options.max_airway_area_mm2, options.bronchi_length_mm
     )
     lungs_air = candidates & ~airways
-    lungs_air = keep_large_components(lungs_air, options.min_component_ml / voxel_ml)
+    lungs_air = _drop_minor_components(
+        lungs_air, options.min_component_ml / voxel_ml, options.min_lung_fraction
+    )
     sides = _split_left_right(lungs_air, spacing)
     sides = _add_dense_lung(sides, hu, spacing, airways, options)
     sides = _upsample_labels(sides, full_hu, factor, options.air_hu)
@@ -137,6 +147,24 @@ def segment_lungs(
                 "collapsed or outside the field of view, so its values are unreliable"
             )
     return sides, warnings
+
+
+def _drop_minor_components(
+    mask: np.ndarray, min_voxels: float, min_fraction: float
+) -> np.ndarray:
+    """Keep components of ``min_voxels`` or more and ``min_fraction`` of the largest.
+
+    Gas in the bowel below the diaphragm can pass an absolute size limit; it
+    is small beside the lungs.
+    """
+    labels, count = ndi.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = sizes >= max(min_voxels, min_fraction * sizes.max())
+    keep[0] = False
+    return keep[labels]
 
 
 def _remove_outside_air(air: np.ndarray) -> np.ndarray:
@@ -315,13 +343,54 @@ def _add_dense_lung(
         for z in range(crop.shape[0]):
             filled[z] = ndi.binary_fill_holes(crop[z])
         filled &= ~airways[box]
-        closed = close_disk(filled, radius, spacing)
-        for z in range(closed.shape[0]):
-            closed[z] = ndi.binary_fill_holes(closed[z])
+        bitten = close_disk(filled, radius, spacing)
+        closed = np.zeros_like(bitten)
+        for z in range(bitten.shape[0]):
+            closed[z] = ndi.binary_fill_holes(bitten[z])
         added = (closed & ~filled & allowed[box]) | (filled & ~crop & ~fat[box])
+        holes = (filled & ~crop) | (closed & ~bitten)
+        added &= ~_diaphragm_domes(holes, crop, spacing, options.dome_min_mm2)
         added &= result[box] == 0
         result[box][added] = side
     return result
+
+
+def _diaphragm_domes(
+    holes: np.ndarray,
+    lung: np.ndarray,
+    spacing: tuple[float, float, float],
+    min_area_mm2: float,
+) -> np.ndarray:
+    """Mark the holes of a lung that are the top of a diaphragm dome.
+
+    Near the base, the dome of the diaphragm (with the liver or spleen under
+    it) shows as an island of soft tissue inside the lung on axial slices.
+    Unlike a consolidation surrounded by lung, that island rests on tissue:
+    below its lowest slice there is no lung. A stack of holes is a dome when
+    its lowest slice covers at least ``min_area_mm2`` and most of that area
+    has no lung on the slice below.
+    """
+    domes = np.zeros(holes.shape, dtype=bool)
+    labels, count = ndi.label(holes)
+    if count == 0:
+        return domes
+    pixel_mm2 = spacing[0] * spacing[1]
+    for index, found in enumerate(ndi.find_objects(labels), start=1):
+        if found is None:
+            continue
+        bottom = found[0].start
+        component = labels[found] == index
+        footprint = component[0]
+        if footprint.sum() * pixel_mm2 < min_area_mm2:
+            continue
+        if bottom == 0:
+            below_lung = 0.0
+        else:
+            below = lung[bottom - 1][found[1], found[2]]
+            below_lung = float(below[footprint].mean())
+        if below_lung < 0.5:
+            domes[found] |= component
+    return domes
 
 
 def _upsample_labels(
