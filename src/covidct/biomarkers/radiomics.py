@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,9 @@ def extract_radiomics(
             outcomes.update(_compute_group(task, kwargs))
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), context) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(tasks)), context, initializer=_ignore_interrupts
+        ) as pool:
             futures = [pool.submit(_compute_group, task, kwargs) for task in tasks]
             for future in futures:
                 outcomes.update(future.result())
@@ -410,8 +413,33 @@ def _target_grid(
 # ---------------------------------------------------------------------------
 
 
+class _DropSymmetryNotice(logging.Filter):
+    """Drop PyRadiomics' notice that the GLCM is symmetrical.
+
+    PyRadiomics 3 logs it at WARNING on every GLCM computation, although it is
+    expected with the default symmetrical GLCM; it would otherwise print five
+    times per study.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "GLCM is symmetrical" not in record.getMessage()
+
+
+def _quiet_symmetry_notice() -> None:
+    radiomics_logger = logging.getLogger("radiomics.glcm")
+    if not any(isinstance(f, _DropSymmetryNotice) for f in radiomics_logger.filters):
+        radiomics_logger.addFilter(_DropSymmetryNotice())
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and shuts
+    # the pool down, so workers must not print their own tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _compute_group(task: _GroupTask, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Resample the image of a group once and compute the features of each region."""
+    _quiet_symmetry_notice()
     image = task.crop_grid.image(task.image)
     if task.target_grid is not None:
         image = _resample(image, task.target_grid, kwargs["interpolator"])

@@ -66,7 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment lungs, heart and lesions, measure biomarkers, stage the "
             "extent and write report.json, biomarkers.csv, segmentation.nii.gz "
-            "and report.html into the output folder."
+            "with its label sidecar segmentation.json, and report.html into "
+            "the output folder."
         ),
     )
     analyze.add_argument(
@@ -221,9 +222,12 @@ def _add_prognosis_commands(commands: argparse._SubParsersAction) -> None:
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(
-        level=level, format="covidct: %(levelname)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # The handler's own level also filters libraries that set their loggers to
+    # INFO, such as PyRadiomics.
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("covidct: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("covidct").setLevel(level)
 
 
@@ -231,6 +235,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from covidct.analysis import STAGES, AnalysisOptions, analyze, write_analysis
     from covidct.intake import IntakeOptions
     from covidct.prognosis.predict import PatientInfo
+    from covidct.report import make_output_folder
     from covidct.report.serialize import report_json, to_jsonable
 
     if args.workers < 1:
@@ -249,6 +254,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         ),
     )
     show = not args.quiet
+    make_output_folder(args.output)
     started = time.perf_counter()
     last_name = [""]
     last_at = [started]
@@ -277,6 +283,18 @@ def _run_analyze(args: argparse.Namespace) -> int:
             f"Extent {stage.extent_percent:.1f} % of lung volume: "
             f"{stage.category_name} ({stage.category}), {stage.ct_grade_name}"
         )
+        provenance = result.volume.provenance
+        if provenance.series_uid:
+            rejected = len(provenance.rejected_series)
+            print(
+                f"Series {provenance.series_uid} "
+                f"({result.volume.shape[0]} slices)"
+                + (
+                    f"; {rejected} other series rejected, see the report."
+                    if rejected
+                    else "."
+                )
+            )
         if result.warnings:
             print(f"{len(result.warnings)} warning(s), listed in the report.")
         print(f"Report: {paths['report_html']}")

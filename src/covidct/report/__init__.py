@@ -42,12 +42,18 @@ the values.
 """
 
 from covidct.report.table import STAGE_FIELDS, biomarker_row
-from covidct.report.writer import OUTPUT_FILES, write_outputs, write_report_json
+from covidct.report.writer import (
+    OUTPUT_FILES,
+    make_output_folder,
+    write_outputs,
+    write_report_json,
+)
 
 __all__ = [
     "OUTPUT_FILES",
     "STAGE_FIELDS",
     "biomarker_row",
+    "make_output_folder",
     "write_outputs",
     "write_report_json",
 ]

@@ -23,7 +23,12 @@ from covidct.report.table import biomarker_row, row_csv
 from covidct.report.views import render_views
 from covidct.segment.result import Segmentation
 
-__all__ = ["OUTPUT_FILES", "write_outputs", "write_report_json"]
+__all__ = [
+    "OUTPUT_FILES",
+    "make_output_folder",
+    "write_outputs",
+    "write_report_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,15 @@ def _temporary_path(path: Path, suffix: str = ".tmp") -> Path:
     # A hidden name in the same folder keeps os.replace on one file system, so
     # the rename is atomic. The random part avoids clashes between processes.
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def make_output_folder(out_dir: Path) -> None:
+    """Create the output folder if needed, so a bad path fails before the work.
+
+    Raises:
+        OutputError: If the path is a file or the folder cannot be created.
+    """
+    _make_folder(Path(out_dir))
 
 
 def _make_folder(out_dir: Path) -> None:
