@@ -51,10 +51,10 @@ def test_lesion_volumes_and_percentages(boxes):
 
 def test_zones_are_cranio_caudal_thirds(boxes):
     # The GGO fills the top 20 of the 60 slices: all of the right upper zone.
-    assert boxes["ggo_percent_right_upper"].value == pytest.approx(100.0)
-    assert boxes["ggo_percent_right_middle"].value == pytest.approx(0.0)
-    assert boxes["consolidation_percent_left_lower"].value == pytest.approx(50.0)
-    assert boxes["lung_volume_right_upper"].value == pytest.approx(
+    assert boxes["ggo_percent_right_upper_third"].value == pytest.approx(100.0)
+    assert boxes["ggo_percent_right_middle_third"].value == pytest.approx(0.0)
+    assert boxes["consolidation_percent_left_lower_third"].value == pytest.approx(50.0)
+    assert boxes["lung_volume_right_upper_third"].value == pytest.approx(
         boxes["lung_volume_right"].value / 3
     )
 

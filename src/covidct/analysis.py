@@ -218,4 +218,4 @@ def write_analysis(
 
 
 def _is_zone(name: str) -> bool:
-    return name.endswith(("_upper", "_middle", "_lower"))
+    return name.endswith("_third")

@@ -18,7 +18,8 @@ from covidct.segment.result import (
 
 __all__ = ["Biomarker", "ZONES", "compute_biomarkers"]
 
-#: Cranio-caudal thirds of each lung, from the apex down.
+#: Cranio-caudal thirds of each lung, from the apex down. They are cut by
+#: slice count, not along fissures, so "middle" is no lobe.
 ZONES = ("upper", "middle", "lower")
 
 #: Well-aerated lung lies in this HU range, bounds included.
@@ -67,7 +68,8 @@ def compute_biomarkers(
         _add_region_values(result, side, lung, lesions, voxel_ml)
     for side in ("right", "left"):
         for zone, zone_mask in zip(ZONES, _zone_masks(sides[side]), strict=True):
-            _add_region_values(result, f"{side}_{zone}", zone_mask, lesions, voxel_ml)
+            region = f"{side}_{zone}_third"
+            _add_region_values(result, region, zone_mask, lesions, voxel_ml)
 
     lung = sides["total"]
     lung_hu = hu[lung]

@@ -139,11 +139,21 @@ def _format_value(value: object) -> str:
         return _escape(_format_number(value))
     if isinstance(value, str):
         return _escape(value)
+    if isinstance(value, Mapping):
+        return "<br>".join(
+            f"{_escape(_readable(str(key)))}: {_format_value(item)}"
+            for key, item in value.items()
+        )
     return _escape(json.dumps(value, ensure_ascii=False))
 
 
+# Abbreviations that read as words once underscores become spaces.
+_ACRONYMS = {"ggo": "GGO", "hu": "HU", "ct": "CT", "uid": "UID", "crp": "CRP"}
+
+
 def _readable(key: str) -> str:
-    text = key.replace("_", " ").strip()
+    words = [_ACRONYMS.get(word, word) for word in key.replace("_", " ").split()]
+    text = " ".join(words)
     return text[:1].upper() + text[1:]
 
 
@@ -277,7 +287,11 @@ def _measures(report: Mapping[str, Any]) -> str:
         parts.append("<p>No biomarker was computed.</p>")
     zones = report.get("zones")
     if zones:
-        parts.append("<h3>Zones</h3>")
+        parts.append(
+            '<h3>Zones</h3><p class="note">Upper, middle and lower thirds of '
+            "each lung from apex to base, cut by slice count; they are not "
+            "lobes.</p>"
+        )
         parts.append(_measure_table(zones, "Zone measure"))
     parts.append("</section>")
     return "".join(parts)
@@ -469,7 +483,9 @@ def _radiomics(report: Mapping[str, Any]) -> str:
         )
     return (
         '<section id="radiomics"><details>'
-        f"<summary>Radiomics features ({len(radiomics)} values, unitless)</summary>"
+        f"<summary>Radiomics features ({len(radiomics)} values; shape features "
+        "in mm, mm² and mm³ on a 1 mm grid, the others on z-scored intensities)"
+        "</summary>"
         "<table><thead><tr><th>Feature</th><th class='num'>Value</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></details></section>"
     )
