@@ -286,6 +286,9 @@ def test_second_series_chosen_by_slice_count(
     assert rejected[0]["slice_count"] == P002_SLICES
     assert rejected[0]["modality"] == "CT"
     assert "fewer slices (133)" in rejected[0]["reason"]
+    mixed = [w for w in volume.provenance.warnings if "different patients" in w]
+    assert mixed, volume.provenance.warnings
+    assert "P002" not in mixed[0]  # no patient identifier in the report
 
     chosen = load_study(study, IntakeOptions(series_uid=p002_uid))
     assert chosen.shape[0] == P002_SLICES

@@ -94,7 +94,7 @@ def check_slice_count(count: int, min_slices: int, path: str | Path) -> None:
         "chest CT analysis",
         path=path,
         hint="Give the folder of the whole chest CT series, not a single slice or "
-        "an excerpt. IntakeOptions.min_slices sets the limit.",
+        "an excerpt.",
     )
 
 
@@ -155,9 +155,9 @@ def check_slice_spacing(
             f"the slices are unevenly spaced or a slice is missing ({len(gaps)} "
             f"{noun}): {describe_gaps(gaps)}",
             path=path,
-            hint="Export the complete series again from the PACS, or set "
-            "IntakeOptions.allow_gaps=True to interpolate the missing slices "
-            "linearly along z.",
+            hint="Export the complete series again from the PACS, or pass "
+            "--allow-gaps (IntakeOptions.allow_gaps in Python) to interpolate "
+            "the missing slices linearly along z.",
         )
     return nominal, gaps
 

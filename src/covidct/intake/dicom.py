@@ -228,7 +228,8 @@ def _decode_slices(
                 f"{display.listing(paths)}; first error: {failed[0][1]}",
                 path=display.label,
                 hint="Export the series again from the PACS, uncompressed if "
-                "possible, or raise IntakeOptions.max_unreadable_fraction.",
+                "possible (in Python, IntakeOptions.max_unreadable_fraction "
+                "sets the limit).",
             )
         provenance.warn(
             f"skipped {len(failed)} slices whose pixel data could not be decoded: "

@@ -365,6 +365,7 @@ def choose_series(
             reason = _rejection_reason(entry, chosen, options)
             provenance.rejected_series.append(entry.summary(reason))
 
+    _warn_if_mixed(list(series.values()), provenance)
     if chosen.modalities.get("", 0):
         provenance.warn(
             f"{chosen.modalities['']} files of the chosen series have no Modality "
@@ -380,6 +381,30 @@ def choose_series(
         len(series),
     )
     return chosen
+
+
+def _warn_if_mixed(entries: list[SeriesFiles], provenance: Provenance) -> None:
+    """Warn when the folder mixes patients or studies; no identifier is recorded."""
+    patients: set[str] = set()
+    studies: set[str] = set()
+    for entry in entries:
+        if not entry.slices:
+            continue
+        header = entry.slices[0].header
+        patients.add(str(header.get("PatientID", "")))
+        studies.add(str(header.get("StudyInstanceUID", "")))
+    if len(patients) > 1:
+        provenance.warn(
+            f"the folder holds series of {len(patients)} different patients (by "
+            "PatientID); only the chosen series was analysed: check that it is "
+            "the patient you meant, or give one patient's folder"
+        )
+    elif len(studies) > 1:
+        provenance.warn(
+            f"the folder holds series of {len(studies)} studies of the patient; "
+            "only the chosen series was analysed: check that it is the study "
+            "you meant"
+        )
 
 
 def _find_requested_series(
