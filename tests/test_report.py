@@ -22,6 +22,7 @@ from covidct.report import OUTPUT_FILES, STAGE_FIELDS, biomarker_row, write_outp
 from covidct.report.page import render_page
 from covidct.report.png import encode_png
 from covidct.report.serialize import to_jsonable
+from covidct.report.table import PROGNOSIS_FIELDS
 from covidct.report.views import display_frame, to_display
 from covidct.segment.result import LABELS, Segmentation
 
@@ -184,6 +185,8 @@ def test_csv_row_matches_biomarker_row(written: tuple) -> None:
     assert len(values) == len(header)
     assert header[:4] == list(report["biomarkers"])
     assert header[4 : 4 + len(STAGE_FIELDS)] == [f"stage_{k}" for k in STAGE_FIELDS]
+    after_stage = header[4 + len(STAGE_FIELDS) : 4 + len(STAGE_FIELDS) + 4]
+    assert after_stage == [f"prognosis_{k}" for k in PROGNOSIS_FIELDS]
     assert header[-2:] == list(report["radiomics"])
     cells = dict(zip(header, values, strict=True))
     assert cells["lesion_percent_right"] == ""

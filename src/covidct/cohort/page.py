@@ -47,10 +47,10 @@ _CSP = (
 def risk_columns(columns: Sequence[str]) -> list[str]:
     """Return the predicted-risk columns of cohort.csv to plot against extent.
 
-    NOTE: the prognosis stage does not write its columns yet, so the name rule
-    (a ``prognosis_`` prefix) is an assumption to align with it.
+    ``covidct.report.biomarker_row`` writes the estimated probability of a
+    severe outcome as ``prognosis_probability_severe``.
     """
-    return [name for name in columns if name.startswith("prognosis_")]
+    return [name for name in columns if name == "prognosis_probability_severe"]
 
 
 def render_cohort_page(

@@ -9,7 +9,7 @@ from typing import Any
 
 from covidct.report.serialize import to_jsonable
 
-__all__ = ["STAGE_FIELDS", "biomarker_row", "row_csv"]
+__all__ = ["PROGNOSIS_FIELDS", "STAGE_FIELDS", "biomarker_row", "row_csv"]
 
 #: Keys of ``report["stage"]`` copied to the row, each as column ``stage_<key>``.
 #: The columns are present even when the stage is missing, so that rows of
@@ -21,6 +21,11 @@ STAGE_FIELDS = (
     "ct_grade",
     "ct_grade_name",
 )
+
+
+#: Keys of ``report["prognosis"]`` copied to the row as ``prognosis_<key>``,
+#: present (empty when not estimated) for the same reason.
+PROGNOSIS_FIELDS = ("status", "model", "probability_severe", "predicted_class")
 
 
 def _measure_values(
@@ -55,7 +60,8 @@ def biomarker_row(report: Mapping[str, Any]) -> dict[str, object]:
 
     Columns come in this order: the biomarker values (column = key), the zone
     values if the report has zones, the stage as ``stage_<key>`` for each key
-    of ``STAGE_FIELDS``, then the radiomics features (column = key). Units are
+    of ``STAGE_FIELDS``, the outcome estimate as ``prognosis_<key>`` for each
+    key of ``PROGNOSIS_FIELDS``, then the radiomics features (column = key). Units are
     not part of the row: they are in ``report.json`` and in the HTML report.
 
     Args:
@@ -76,6 +82,12 @@ def biomarker_row(report: Mapping[str, Any]) -> dict[str, object]:
     _add_columns(row, _measure_values(report.get("zones"), "zones"), "zones")
     stage = report.get("stage") or {}
     _add_columns(row, {f"stage_{key}": stage.get(key) for key in STAGE_FIELDS}, "stage")
+    prognosis = report.get("prognosis") or {}
+    _add_columns(
+        row,
+        {f"prognosis_{key}": prognosis.get(key) for key in PROGNOSIS_FIELDS},
+        "prognosis",
+    )
     radiomics = report.get("radiomics") or {}
     _add_columns(
         row, {str(key): value for key, value in radiomics.items()}, "radiomics"
