@@ -384,11 +384,9 @@ def _diaphragm_domes(
         if footprint.sum() * pixel_mm2 < min_area_mm2:
             continue
         if bottom == 0:
-            below_lung = 0.0
-        else:
-            below = lung[bottom - 1][found[1], found[2]]
-            below_lung = float(below[footprint].mean())
-        if below_lung < 0.5:
+            continue  # nothing below to look at: a single slice, or the scan's end
+        below = lung[bottom - 1][found[1], found[2]]
+        if float(below[footprint].mean()) < 0.5:
             domes[found] |= component
     return domes
 
