@@ -35,6 +35,16 @@ def test_left_lung_is_patient_left(p002_segmentation):
     assert xs_left > xs_right
 
 
+def test_bowel_gas_not_lung(p002_volume, p002_segmentation):
+    """The colon gas under P002's left diaphragm (46 ml) is not left lung."""
+    from scipy import ndimage as ndi
+
+    left = p002_segmentation.lungs == 2
+    labels, _ = ndi.label(left)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes.max() / sizes.sum() > 0.99
+
+
 def test_outside_air_excluded(p002_segmentation):
     # Air outside the body: the image corners never belong to a lung.
     lungs = p002_segmentation.lungs
@@ -79,7 +89,9 @@ def test_normal_scan_has_little_lesion(normal001_dir):
     lung = np.count_nonzero(segmentation.lungs)
     lesion = np.count_nonzero(segmentation.lesions)
     assert lung > 0
-    assert lesion / lung < 0.01
+    # Measured 0.03 %; the top of the right diaphragm dome, when it was taken
+    # for lung, alone gave 0.2 % of consolidation.
+    assert lesion / lung < 0.002
 
 
 def _paint_opacity(volume, lungs, radius_mm, inward_mm):
