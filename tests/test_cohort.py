@@ -348,3 +348,28 @@ def test_manifest_on_local_cluster(local_cluster, p002_dir, tmp_path):
     _, failures = read_csv(out / "failures.csv")
     assert [f["study_id"] for f in failures] == ["B2"]
     assert "no such file or folder" in failures[0]["message"]
+
+
+def test_manifest_row_gives_patient_inputs():
+    from covidct.cohort.worker import patient_from_columns
+
+    patient = patient_from_columns(
+        {"Age": "63", "sex": "f", "HBP": "1", "hypertension": "yes", "CRP": "54"}
+    )
+    assert patient.age == 63.0
+    assert patient.sex == "F"
+    assert patient.hypertension is True
+    assert patient.diabetes is None
+    assert patient.crp == 54.0
+    assert patient.lymphocytes is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "named"),
+    [({"age": "sixty"}, "age"), ({"diabetes": "maybe"}, "diabetes")],
+)
+def test_bad_manifest_value_names_column(columns, named):
+    from covidct.cohort.worker import patient_from_columns
+
+    with pytest.raises(InputError, match=named):
+        patient_from_columns(columns)

@@ -16,9 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from covidct.cohort.task import StudyTask
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, InputError
+
+if TYPE_CHECKING:
+    from covidct.prognosis.predict import PatientInfo
 
 __all__ = [
     "THREAD_VARIABLES",
@@ -137,17 +141,22 @@ def run_study(task: StudyTask, settings: StudySettings) -> StudyOutcome:
     from covidct.analysis import AnalysisOptions, analyze, write_analysis
     from covidct.intake import IntakeOptions
 
+    started = time.perf_counter()
+    try:
+        patient = patient_from_columns(task.clinical)
+    except CovidctError as error:
+        return _failed(task, "manifest", error, started)
     options = AnalysisOptions(
         intake=IntakeOptions(allow_gaps=settings.allow_gaps),
         radiomics=settings.radiomics,
         workers=1,
+        patient=patient,
     )
     current = {"stage": "intake"}
 
     def progress(name: str) -> None:
         current["stage"] = name
 
-    started = time.perf_counter()
     try:
         with (
             _bounded_threads(settings.threads),
@@ -178,6 +187,59 @@ def run_study(task: StudyTask, settings: StudySettings) -> StudyOutcome:
         files=files,
         seconds=time.perf_counter() - started,
         warnings=len(result.warnings),
+    )
+
+
+_TRUE = {"1", "yes", "y", "true", "t"}
+_FALSE = {"0", "no", "n", "false", "f"}
+
+
+def patient_from_columns(columns: dict[str, str]) -> PatientInfo:
+    """Read age, sex and the clinical inputs from a manifest row.
+
+    Column names are matched without regard to case: ``age`` (years), ``sex``
+    (M or F), ``hypertension`` and ``diabetes`` (1/0, yes/no, true/false),
+    ``crp`` (mg/l) and ``lymphocytes`` (10^9/l). An empty or absent column is
+    unknown.
+
+    Raises:
+        InputError: If a value cannot be read; the message names the column.
+    """
+    from covidct.prognosis.predict import PatientInfo
+
+    lower = {key.strip().lower(): value.strip() for key, value in columns.items()}
+
+    def number(name: str) -> float | None:
+        text = lower.get(name, "")
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError as error:
+            raise InputError(
+                f"manifest column {name!r} must be a number, got {text!r}",
+                hint="fix the manifest row or leave the cell empty",
+            ) from error
+
+    def flag(name: str) -> bool | None:
+        text = lower.get(name, "").lower()
+        if not text:
+            return None
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise InputError(
+            f"manifest column {name!r} must be 1/0, yes/no or true/false, got {text!r}",
+            hint="fix the manifest row or leave the cell empty",
+        )
+
+    sex = lower.get("sex", "").upper() or None
+    return PatientInfo(
+        age=number("age"),
+        sex=sex,
+        hypertension=flag("hypertension"),
+        diabetes=flag("diabetes"),
+        crp=number("crp"),
+        lymphocytes=number("lymphocytes"),
     )
 
 
