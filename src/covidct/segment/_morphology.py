@@ -101,7 +101,7 @@ def keep_large_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    """Return the slices of the smallest box holding ``mask``, grown by ``margin``.
+    """Return the slices of the smallest box containing ``mask``, plus ``margin``.
 
     Raises:
         ValueError: If the mask is empty.
@@ -146,10 +146,9 @@ def upsample_in_plane(
 def between_lungs(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     """Mark, on each image row, the pixels between the right and the left lung.
 
-    On a row that crosses only one lung, or none, inside the rows spanned by
-    both lungs of the slice, the medial edges of the nearest row that crosses
-    each lung stand in, so the mediastinum has no gaps in front of or behind
-    a lung.
+    Some rows inside the rows spanned by both lungs cross only one lung, or
+    none. On them, the medial edges of the nearest row that crosses each lung
+    are used, so the mediastinum has no gaps in front of or behind a lung.
     """
     nz, ny, nx = right.shape
     columns = np.arange(nx)

@@ -5,18 +5,20 @@ toward the patient's left, y posterior, z superior):
 
 1. Air is HU < -500. Air connected to the in-plane border of the image is
    outside the body; what remains is air inside the body.
-2. The large air components inside the body are the lungs and airways; small
+2. The large air components inside the body are the lungs and airways. Small
    ones (bowel gas, oesophagus) are dropped.
-3. The trachea and the main bronchi are removed: on each axial slice they are
-   small round components between the lungs, connected upward to the trachea.
+3. The trachea and the main bronchi are removed. Their lumen (darker than
+   aerated lung) forms small components between the lungs on each axial
+   slice, which are followed down from the trachea to 40 mm below the carina.
 4. The lungs are split into right and left by connected components, eroding
    where they touch (anterior or posterior junction) and giving each voxel the
    side of its nearest seed.
 5. Dense lung (consolidation, peripheral opacities against the pleura, vessels)
-   is added back per axial slice by a closing and a hole filling of each lung,
-   limited to voxels that are not bone, fat, airway or mediastinum (the part of
-   the convex hull of both lungs that connects to the space between them). The
-   closing fills opacities up to about twice its radius wide along the pleura.
+   is added back per axial slice by a hole filling and a closing of each lung.
+   Nothing added is bone, fat, airway, mediastinum or the top of a diaphragm
+   dome. The mediastinum is the part of the convex hull of both lungs that
+   connects to the space between them. The closing fills opacities up to about
+   twice its radius wide along the pleura.
 """
 
 from __future__ import annotations
