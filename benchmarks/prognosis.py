@@ -15,8 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
+from covidct.prognosis.data import BASE_INPUTS, CLINICAL_INPUTS
 from covidct.prognosis.model import BUNDLED_MODELS, OUT_OF_RANGE_Z
 from covidct.prognosis.predict import load_bundled_model
+
+PATIENT_INPUTS = (*BASE_INPUTS, *CLINICAL_INPUTS)
 
 
 def _measures(report_path: Path) -> dict[str, float | None]:
@@ -43,8 +46,11 @@ def main() -> None:
         cells = []
         for measures in scans.values():
             value = measures.get(feature)
-            if value is None:
+            if feature in PATIENT_INPUTS:
                 cells.append("patient input | –")
+                continue
+            if value is None:
+                cells.append("undefined | –")
                 continue
             z = (value - stats["mean"]) / stats["std"]
             outside = value < stats["min"] or value > stats["max"]

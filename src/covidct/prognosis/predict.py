@@ -135,7 +135,9 @@ def estimate_prognosis(
         result = model.estimate(values)
     except ValueError as error:
         return _not_estimated(
-            f"{error}; run the analysis with radiomics to compute them"
+            f"{error}. The radiomics stage computes them, so run the analysis "
+            "with radiomics. A feature of an empty region, such as the lesions of "
+            "a lung without lesions, stays undefined"
         ), []
     warnings = [
         f"prognosis input {item['feature']} = {item['value']:.4g} is far outside the "

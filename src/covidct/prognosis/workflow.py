@@ -132,7 +132,8 @@ def evaluation_markdown(model: PrognosisModel, metrics: dict[str, Any]) -> str:
     lines = [
         f"# Test figures of the `{model.name}` model",
         "",
-        f"Data: {model.metadata.get('data')}. Split: {model.metadata.get('split')}.",
+        f"Data: {Path(str(model.metadata.get('data'))).name}. "
+        f"Split: {model.metadata.get('split')}.",
         "",
         f"## Severe versus non-severe ({binary['patients']} test patients, "
         f"{binary['severe']} severe)",
@@ -234,8 +235,9 @@ def model_card(model: PrognosisModel, metrics: dict[str, Any]) -> str:
         f"- Task: probability of a severe outcome (intubation or death within 4 "
         f"days of the CT) and of non-severe / intubated / deceased, from {inputs}.",
         f"- Trained: {meta.get('trained')} with {meta.get('software')}.",
-        f"- Data: {meta.get('data')}: the Covid-MedIA feature tables of {_ARTICLE}. "
-        "The release states no licence; cite the article when using this model. "
+        f"- Data: {Path(str(meta.get('data'))).name}, the Covid-MedIA feature "
+        f"tables of {_ARTICLE}. The release states no licence, so cite the "
+        "article when using this model. "
         "The radiomics features of that release were extracted with PyRadiomics "
         "on 1 mm voxels of whole-image z-scored CT, bin width 25.",
         f"- Split: {meta.get('split')}. Training patients: "
@@ -262,10 +264,10 @@ def model_card(model: PrognosisModel, metrics: dict[str, Any]) -> str:
     lines += [
         "- Intended use: research on outcome prediction from chest CT biomarkers, "
         "and a reference to compare with a model retrained on a local cohort.",
-        "- Limits: one national cohort of COVID-19 patients from 2020; a normal or "
+        "- Limits: one multicentre cohort of COVID-19 patients, so a normal or "
         "non-COVID CT lies outside its range. Inputs computed by another "
-        "segmentation or radiomics pipeline shift the features; the report flags "
-        "inputs outside the training range. Clinical inputs missing from the "
+        "segmentation or radiomics pipeline shift the features, and the report "
+        "flags inputs outside the training range. Clinical inputs missing from the "
         "release were set to the training median. Sex is coded 1 male, 0 female, "
         "as inferred from the release.",
         "",
