@@ -126,7 +126,13 @@ def test_workers_give_same_values(p002_crop: tuple[CTVolume, Segmentation]) -> N
     volume, segmentation = p002_crop
     serial = extract_radiomics(volume, segmentation, workers=1)
     parallel = extract_radiomics(volume, segmentation, workers=2)
-    assert parallel == serial
+    assert list(parallel) == list(serial)
+    # Mesh sums may differ in the last bit between processes.
+    for name, value in serial.items():
+        if value is None:
+            assert parallel[name] is None, name
+        else:
+            assert parallel[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
 
 
 def test_empty_lesion_region_is_missing(
