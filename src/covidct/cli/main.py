@@ -235,7 +235,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from covidct.analysis import STAGES, AnalysisOptions, analyze, write_analysis
     from covidct.intake import IntakeOptions
     from covidct.prognosis.predict import PatientInfo
-    from covidct.report import make_output_folder
+    from covidct.report import check_output_folder
     from covidct.report.serialize import report_json, to_jsonable
 
     if args.workers < 1:
@@ -254,7 +254,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         ),
     )
     show = not args.quiet
-    make_output_folder(args.output)
+    check_output_folder(args.output)
     started = time.perf_counter()
     last_name = [""]
     last_at = [started]

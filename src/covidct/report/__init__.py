@@ -44,7 +44,7 @@ the values.
 from covidct.report.table import STAGE_FIELDS, biomarker_row
 from covidct.report.writer import (
     OUTPUT_FILES,
-    make_output_folder,
+    check_output_folder,
     write_outputs,
     write_report_json,
 )
@@ -53,7 +53,7 @@ __all__ = [
     "OUTPUT_FILES",
     "STAGE_FIELDS",
     "biomarker_row",
-    "make_output_folder",
+    "check_output_folder",
     "write_outputs",
     "write_report_json",
 ]

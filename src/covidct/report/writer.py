@@ -25,7 +25,7 @@ from covidct.segment.result import Segmentation
 
 __all__ = [
     "OUTPUT_FILES",
-    "make_output_folder",
+    "check_output_folder",
     "write_outputs",
     "write_report_json",
 ]
@@ -53,13 +53,34 @@ def _temporary_path(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
 
 
-def make_output_folder(out_dir: Path) -> None:
-    """Create the output folder if needed, so a bad path fails before the work.
+def check_output_folder(out_dir: Path) -> None:
+    """Check that the output folder exists or can be created, creating nothing.
+
+    Called before a long analysis, so that a bad output path fails at once
+    and an input error leaves no empty folder behind.
 
     Raises:
-        OutputError: If the path is a file or the folder cannot be created.
+        OutputError: If the path or one of its parents is a file, or the
+            nearest existing folder is not writable.
     """
-    _make_folder(Path(out_dir))
+    out_dir = Path(out_dir).absolute()
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            "the output path exists but is a file, not a folder"
+            if existing == out_dir
+            else f"{existing} is a file, so the output folder cannot be created",
+            path=out_dir,
+            hint="remove or rename that file, or choose another output folder",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"the folder {existing} is not writable",
+            path=out_dir,
+            hint="choose an output folder you can write to",
+        )
 
 
 def _make_folder(out_dir: Path) -> None:
