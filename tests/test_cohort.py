@@ -345,6 +345,12 @@ def test_manifest_on_local_cluster(local_cluster, p002_dir, tmp_path):
     assert (first["CRP"], first["intubated"]) == ("12.5", "0")
     assert (second["status"], second["CRP"], second["intubated"]) == ("failed", "", "1")
     assert (out / "A1" / "report.html").is_file()
+    # Age and sex reached the outcome model: without radiomics it lacks its
+    # image inputs, not the patient's.
+    assert first["prognosis_status"] == "not estimated"
+    prognosis = json.loads((out / "A1" / "report.json").read_text())["prognosis"]
+    assert "radiomics" in prognosis["reason"]
+    assert "age and sex" not in prognosis["reason"]
     _, failures = read_csv(out / "failures.csv")
     assert [f["study_id"] for f in failures] == ["B2"]
     assert "no such file or folder" in failures[0]["message"]

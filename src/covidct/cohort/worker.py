@@ -118,9 +118,14 @@ def init_local_worker(threads: int, parent_pid: int, log_level: int | None) -> N
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if log_level is not None:
-        logging.basicConfig(
-            level=log_level, format="covidct: %(levelname)s: worker: %(message)s"
+        handler = logging.StreamHandler()
+        # The handler's level also filters libraries that log at INFO on
+        # loggers of their own, such as PyRadiomics.
+        handler.setLevel(log_level)
+        handler.setFormatter(
+            logging.Formatter("covidct: %(levelname)s: worker: %(message)s")
         )
+        logging.basicConfig(level=log_level, handlers=[handler])
         logging.getLogger("covidct").setLevel(log_level)
 
     def watch() -> None:
