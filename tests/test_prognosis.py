@@ -105,6 +105,24 @@ def test_cohort_table_reads_back(cohort, tmp_path):
     assert loaded.features["Sex"].sum() == cohort.features["Sex"].sum()
 
 
+def test_batch_cohort_csv_is_read(cohort, tmp_path):
+    """The cohort.csv of covidct batch: manifest spellings and a status column."""
+    path = _cohort_csv(cohort, tmp_path / "c.csv")
+    table = pd.read_csv(path)
+    table = table.rename(
+        columns={"patient": "study_id", "Age": "age", "Sex": "sex", "CRP": "crp"}
+    )
+    status = pd.Series("done", index=table.index, name="status")
+    status.iloc[:3] = "failed"
+    table = pd.concat([table.iloc[:, :1], status, table.iloc[:, 1:]], axis=1)
+    table.to_csv(path, index=False)
+
+    loaded = load_cohort_table(path, "outcome")
+    assert len(loaded.features) == 690
+    assert "Age" in loaded.features.columns
+    assert loaded.features.index[0] == table["study_id"].iloc[3]
+
+
 def test_cohort_table_missing_outcome(cohort, tmp_path):
     path = _cohort_csv(cohort, tmp_path / "c.csv")
     with pytest.raises(InputError) as error:

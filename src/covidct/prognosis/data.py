@@ -10,7 +10,10 @@ Two layouts are read:
 - covidct's own cohort table: rows of ``biomarkers.csv`` as written by
   ``covidct analyze``, one per patient, with the columns ``Age`` and ``Sex`` added,
   optionally ``HBP``, ``Diabetes``, ``Lymphocytes`` and ``CRP``, an outcome column
-  and optionally a ``split`` column.
+  and optionally a ``split`` column. The ``cohort.csv`` of ``covidct batch`` is
+  such a table: its manifest columns ``age``, ``sex``, ``hypertension``,
+  ``diabetes``, ``lymphocytes`` and ``crp`` are read in any case, and rows whose
+  ``status`` is not ``done`` are left out.
 
 Units and codes follow the Covid-MedIA tables. ``Age`` is in years. ``Sex`` is 1
 for male and 0 for female, inferred because 66 % of the cohort and 80 % of its
@@ -208,6 +211,30 @@ def load_covid_media(folder: str | Path) -> Cohort:
     )
 
 
+#: Manifest spellings of the patient columns (as ``covidct batch`` passes them
+#: through to cohort.csv), matched without regard to case.
+_BATCH_NAMES = {
+    "age": "Age",
+    "sex": "Sex",
+    "hypertension": "HBP",
+    "hbp": "HBP",
+    "diabetes": "Diabetes",
+    "lymphocytes": "Lymphocytes",
+    "crp": "CRP",
+}
+
+
+def _batch_column_names(columns: list[str]) -> dict[str, str]:
+    """Map manifest spellings such as ``age`` to the cohort's ``Age``."""
+    present = set(columns)
+    renames = {}
+    for column in columns:
+        target = _BATCH_NAMES.get(column.strip().lower())
+        if target is not None and column != target and target not in present:
+            renames[column] = target
+    return renames
+
+
 def load_cohort_table(
     path: str | Path,
     outcome: str,
@@ -232,10 +259,25 @@ def load_cohort_table(
     """
     path = Path(path)
     table = _read_csv(path, index_col=None)
+    table = table.rename(columns=_batch_column_names(list(table.columns)))
+    if "status" in table.columns:
+        # covidct batch lists failed and pending studies too, without measures.
+        done = table["status"].astype(str).str.strip().str.lower() == "done"
+        if not done.all():
+            logger.info(
+                "%s: left out %d rows whose status is not done",
+                path,
+                int((~done).sum()),
+            )
+        table = table[done]
     _require_columns(table, [*BASE_INPUTS, EXTENT, outcome], path)
-    table.index = pd.Index(
-        table["patient"] if "patient" in table.columns else table.index, name="patient"
-    )
+    if "patient" in table.columns:
+        patients = table["patient"]
+    elif "study_id" in table.columns:
+        patients = table["study_id"]
+    else:
+        patients = table.index
+    table.index = pd.Index(patients, name="patient")
     outcome_labels = _parse_outcome(table[outcome], path, outcome)
     has_three = bool(
         (outcome_labels > 1).any()
