@@ -302,8 +302,11 @@ class Consensus(ClassifierMixin, BaseEstimator):
                 f"unknown consensus method {self.method!r}, expected one of "
                 f"{CONSENSUS_METHODS}"
             )
+        if not self.members:
+            raise ValueError("a consensus needs at least one member")
+        members = self.members
         self.classes_ = np.unique(y)
-        self.fitted_ = [clone(estimator).fit(X, y) for _, estimator in self.members]
+        self.fitted_ = [clone(estimator).fit(X, y) for _, estimator in members]
         if self.method == "stacking":
             folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=self.seed)
             stacked = np.hstack(
@@ -311,7 +314,7 @@ class Consensus(ClassifierMixin, BaseEstimator):
                     cross_val_predict(
                         clone(estimator), X, y, cv=folds, method="predict_proba"
                     )
-                    for _, estimator in self.members
+                    for _, estimator in members
                 ]
             )
             self.meta_ = LogisticRegression(

@@ -244,7 +244,7 @@ class PrognosisModel:
         A positive change means the patient's value raised the risk above what
         a training-median value would give.
         """
-        changes = []
+        changes: list[dict[str, Any]] = []
         for name in self.binary.features:
             median = self.reference[name]["median"]
             replaced = table.copy()

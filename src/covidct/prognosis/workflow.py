@@ -112,9 +112,12 @@ def _write(path: Path, text: str) -> Path:
 def _metrics_rows(name: str, values: dict[str, Any]) -> str:
     auc = values.get("auc", values.get("auc_macro_ovr"))
     interval = values.get("auc_95ci")
-    auc_text = (
-        "–" if auc is None else f"{auc:.3f} ({interval[0]:.3f}–{interval[1]:.3f})"
-    )
+    if auc is None:
+        auc_text = "–"
+    elif interval is None:
+        auc_text = f"{auc:.3f}"
+    else:
+        auc_text = f"{auc:.3f} ({interval[0]:.3f}–{interval[1]:.3f})"
 
     def cell(key: str) -> str:
         value = values.get(key)
