@@ -228,6 +228,17 @@ def test_imaging_model_without_clinical_inputs(cohort):
     assert result["risk_up"] or result["risk_down"]
 
 
+def test_clinical_falls_back_to_imaging(cohort):
+    """A study without left lesions: the clinical model needs their minimum HU."""
+    measures = _training_measures(cohort)
+    measures["original_firstorder_Minimum_disease_left"] = None
+    patient = PatientInfo(age=63, sex="F", crp=54, lymphocytes=0.9)
+    result, warnings = estimate_prognosis(measures, patient)
+    assert result["status"] == "estimated"
+    assert result["model"] == "imaging"
+    assert any("clinical outcome model could not be used" in w for w in warnings)
+
+
 def test_out_of_range_input_is_flagged(cohort):
     model = load_bundled_model("imaging")
     measures = _training_measures(cohort)

@@ -128,18 +128,29 @@ def estimate_prognosis(
             f"the patient's {' and '.join(absent)} {verb} not given (--age, --sex), "
             "and every outcome model needs them"
         ), []
-    if model is None:
-        model = load_bundled_model("clinical" if patient.has_clinical else "imaging")
+    chosen = model
+    if chosen is None:
+        chosen = load_bundled_model("clinical" if patient.has_clinical else "imaging")
     values = {**measures, **patient.cohort_values()}
+    warnings: list[str] = []
     try:
-        result = model.estimate(values)
+        result = chosen.estimate(values)
     except ValueError as error:
-        return _not_estimated(
-            f"{error}. The radiomics stage computes them, so run the analysis "
-            "with radiomics. A feature of an empty region, such as the lesions of "
-            "a lung without lesions, stays undefined"
-        ), []
-    warnings = [
+        if model is not None or chosen.name == "imaging":
+            return _not_estimated(_missing_reason(error)), []
+        # The bundled clinical model may need a lesion feature that is
+        # undefined for this study; the imaging model may not.
+        fallback = load_bundled_model("imaging")
+        try:
+            result = fallback.estimate(values)
+        except ValueError as fallback_error:
+            return _not_estimated(_missing_reason(fallback_error)), []
+        warnings.append(
+            f"the {chosen.name} outcome model could not be used ({error}), so "
+            "the imaging model, which ignores the clinical inputs, gave the "
+            "estimate"
+        )
+    warnings += [
         f"prognosis input {item['feature']} = {item['value']:.4g} is far outside the "
         f"training cohort (z = {item['z_score']:+.1f}, range "
         f"{item['training_min']:.4g} to {item['training_max']:.4g}), so the outcome "
@@ -154,6 +165,14 @@ def estimate_prognosis(
     for message in warnings:
         logger.warning(message)
     return {"status": "estimated", **result}, warnings
+
+
+def _missing_reason(error: ValueError) -> str:
+    return (
+        f"{error}. The radiomics stage computes them, so run the analysis "
+        "with radiomics. A feature of an empty region, such as the lesions of "
+        "a lung without lesions, stays undefined"
+    )
 
 
 def _not_estimated(reason: str) -> dict[str, Any]:
