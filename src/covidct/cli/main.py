@@ -320,13 +320,7 @@ def _run_train_prognosis(args: argparse.Namespace) -> int:
         tuning_splits=args.tuning_splits,
     )
     model, paths = run_training(cohort, options, args.output, name=args.name)
-    binary = model.metadata["test_metrics"]["binary"]
-    print(
-        f"Test AUC {binary['auc']:.3f}, balanced accuracy "
-        f"{binary['balanced_accuracy']:.3f} on {binary['patients']} patients."
-    )
-    for path in paths.values():
-        print(path)
+    _print_metrics(model.metadata["test_metrics"]["binary"], paths)
     return 0
 
 
@@ -341,14 +335,18 @@ def _run_evaluate_prognosis(args: argparse.Namespace) -> int:
     )
     cohort = load_cohort(args.cohort, args.outcome)
     metrics, paths = run_evaluation(model_path, cohort, args.output)
-    binary = metrics["binary"]
+    _print_metrics(metrics["binary"], paths)
+    return 0
+
+
+def _print_metrics(binary: dict, paths: dict) -> None:
+    """Print the 2-class test figures and the files written."""
     print(
         f"Test AUC {binary['auc']:.3f}, balanced accuracy "
         f"{binary['balanced_accuracy']:.3f} on {binary['patients']} patients."
     )
     for path in paths.values():
         print(path)
-    return 0
 
 
 def _run_fetch_sample(args: argparse.Namespace) -> int:

@@ -19,8 +19,6 @@ import csv
 import io
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from covidct import __version__
 from covidct.cohort.task import StudyTask
 from covidct.cohort.worker import StudyOutcome, StudySettings
 from covidct.errors import OutputError
+from covidct.report.writer import write_atomic as write_file_atomic
 
 __all__ = [
     "COHORT_CSV",
@@ -73,25 +72,20 @@ class StudyRecord:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
+    The folder is created if needed.
+
     Raises:
-        OutputError: If the file cannot be written.
+        OutputError: If the folder or the file cannot be written.
     """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise OutputError(
-            f"failed to write {path.name}: {error.strerror or error}",
+            f"failed to create {path.parent}: {error.strerror or error}",
             path=path.parent,
             hint=_WRITE_HINT,
         ) from error
+    write_file_atomic(path, data)
 
 
 def read_record(out_dir: Path, task: StudyTask, settings: StudySettings) -> StudyRecord:

@@ -26,6 +26,7 @@ from covidct.segment.result import Segmentation
 __all__ = [
     "OUTPUT_FILES",
     "check_output_folder",
+    "write_atomic",
     "write_outputs",
     "write_report_json",
 ]
@@ -101,8 +102,12 @@ def _make_folder(out_dir: Path) -> None:
         ) from err
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it.
+
+    Raises:
+        OutputError: If the file cannot be written; it names the folder.
+    """
     temporary = _temporary_path(path)
     try:
         # Mode 0o666 lets the umask set the permissions, as open() would.
@@ -192,17 +197,17 @@ def write_outputs(
     paths = {key: out_dir / name for key, name in OUTPUT_FILES.items()}
 
     _make_folder(out_dir)
-    _write_atomic(paths["report_json"], report_json(data).encode("utf-8"))
-    _write_atomic(paths["biomarkers_csv"], row_csv(row).encode("utf-8"))
+    write_atomic(paths["report_json"], report_json(data).encode("utf-8"))
+    write_atomic(paths["biomarkers_csv"], row_csv(row).encode("utf-8"))
     _write_label_map(paths["segmentation"], volume, segmentation)
     sidecar = json.dumps(label_sidecar(segmentation), indent=2) + "\n"
-    _write_atomic(paths["segmentation_sidecar"], sidecar.encode("utf-8"))
+    write_atomic(paths["segmentation_sidecar"], sidecar.encode("utf-8"))
 
     start = time.perf_counter()
     views = render_views(volume, segmentation)
     page = render_page(data, views)
     logger.debug("rendered the HTML report in %.2f s", time.perf_counter() - start)
-    _write_atomic(paths["report_html"], page.encode("utf-8"))
+    write_atomic(paths["report_html"], page.encode("utf-8"))
 
     logger.info("wrote the report of %s to %s", volume.provenance.source, out_dir)
     return paths
@@ -215,5 +220,5 @@ def write_report_json(out_dir: Path, report: Mapping[str, Any]) -> Path:
         OutputError: If the file cannot be written.
     """
     path = Path(out_dir) / OUTPUT_FILES["report_json"]
-    _write_atomic(path, report_json(to_jsonable(report)).encode("utf-8"))
+    write_atomic(path, report_json(to_jsonable(report)).encode("utf-8"))
     return path
