@@ -129,8 +129,8 @@ def test_consolidation_inside_lung_is_lung(p002_volume, p002_segmentation):
 
 def test_pleural_opacity_mostly_lung(p002_volume, p002_segmentation):
     # NOTE: the closing recovers about two thirds of an opacity that sits on
-    # the pleura (measured 0.66 for this 10 mm ball); the part against the
-    # chest wall stays out. The bound guards against losing more.
+    # the pleura (measured 0.66 for this 10 mm ball), because the part against
+    # the chest wall stays out. The bound guards against losing more.
     hu, opacity = _paint_opacity(p002_volume, p002_segmentation.lungs, 10.0, 0.0)
     lungs, _ = segment_lungs(hu, p002_volume.spacing)
     inside = np.count_nonzero(lungs[opacity] == 1) / np.count_nonzero(opacity)

@@ -43,7 +43,7 @@ class AnalysisOptions:
             stage; the other biomarkers do not need it).
         workers: Processes for the radiomics regions.
         patient: Age, sex and clinical inputs of the outcome estimate; without
-            age and sex the report says that the outcome was not estimated.
+            age and sex the report states that the outcome was not estimated.
     """
 
     intake: IntakeOptions = field(default_factory=IntakeOptions)

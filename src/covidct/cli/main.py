@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status.
 
     Exit status: 0 success, 1 failure of the tool or of a download, 2 an input
-    or output problem the user can fix (the message says what to do), 3 a
+    or output problem the user can fix (the message states what to do), 3 a
     batch that finished with some studies failed, 130 interrupted.
     """
     parser = _build_parser()
@@ -221,7 +221,12 @@ def _add_prognosis_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     # The handler's own level also filters libraries that set their loggers to
     # INFO, such as PyRadiomics.

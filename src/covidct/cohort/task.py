@@ -21,7 +21,7 @@ class StudyTask:
         path: File or folder given to ``analyze``. When ``files`` is set, the
             folder that contains them.
         files: The study's DICOM files when the study is part of a folder that
-            holds other studies too; empty when ``path`` is the whole study.
+            contains other studies too, and empty when ``path`` is the whole study.
         clinical: Manifest columns other than ``study_id`` and ``path``,
             as written in the manifest.
         voxels: Estimated rows x columns x slices of the volume that will be

@@ -193,8 +193,8 @@ def mediastinum(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     It is the part of the convex hull of both lungs that is neither lung nor
     cut off from the pixels between the lungs (``between_lungs``) by lung. A
     bite into one lung from the chest wall is closed off by that lung and the
-    hull's edge, so it is not mediastinum; the hila, the heart and the
-    diaphragm domes inside the hull are.
+    hull's edge, so it is not mediastinum. The hila, the heart and the
+    diaphragm domes inside the hull are mediastinum.
     """
     between = between_lungs(right, left)
     lungs = right | left

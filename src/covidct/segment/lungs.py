@@ -108,8 +108,8 @@ def segment_lungs(
     """
     options = options or LungOptions()
     warnings: list[str] = []
-    # Morphology runs on a grid of about 1.2 mm in-plane, then the labels go back
-    # to the full grid; the boundary is refined there against the air threshold.
+    # Morphology runs on a grid of about 1.2 mm in-plane. The labels then go back
+    # to the full grid, where the boundary is refined against the air threshold.
     factor = max(1, int(round(options.working_pixel_mm / spacing[0])))
     full_hu = hu
     hu = downsample_in_plane(full_hu, factor)
@@ -198,7 +198,7 @@ def _find_airways(
     small, and either lies on the topmost slices with air or overlaps the
     airway found on the slice above. Below the carina (the first slice where
     the airway splits) the walk follows the main bronchi for
-    ``bronchi_length_mm``; the airways beyond lie in the lung and stay lung.
+    ``bronchi_length_mm``. The airways beyond lie in the lung and stay lung.
     """
     pixel_mm2 = spacing[0] * spacing[1]
     max_pixels = max_area_mm2 / pixel_mm2
