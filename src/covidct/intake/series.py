@@ -21,7 +21,17 @@ from pydicom.uid import UID
 
 from covidct.errors import InputError
 from covidct.intake.checks import format_mm
+from covidct.intake.multiframe import (
+    MULTI_FRAME_CT_STORAGE,
+    MultiFrameError,
+    read_frame_headers,
+)
 from covidct.intake.options import IntakeOptions
+from covidct.intake.slices import (
+    MAX_ORIENTATION_ERROR,
+    SliceHeader,
+    normalise_orientation,
+)
 from covidct.intake.volume import Provenance
 
 __all__ = [
@@ -36,10 +46,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-MULTI_FRAME_CT_STORAGE = {
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
 
 SELECTION_RULE = (
     "series with axial slices first, then the one with the most slices, then the "
@@ -47,37 +53,6 @@ SELECTION_RULE = (
 )
 
 MAX_LISTED_FILES = 5
-
-
-@dataclass
-class SliceHeader:
-    """Header facts of one CT image file, enough to sort and decode it."""
-
-    path: Path
-    position: np.ndarray
-    orientation: np.ndarray
-    pixel_spacing: tuple[float, float]
-    rows: int
-    columns: int
-    slope: float
-    intercept: float
-    bits_stored: int
-    signed: bool
-    forced: bool
-    header: Dataset
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.orientation[:3], self.orientation[3:])
-
-    def geometry_key(self) -> tuple[Any, ...]:
-        """Facts that must agree for slices to be stacked into one array."""
-        return (
-            self.rows,
-            self.columns,
-            tuple(np.round(self.orientation, 4)),
-            tuple(np.round(self.pixel_spacing, 4)),
-        )
 
 
 @dataclass
@@ -193,11 +168,11 @@ def scan_folder(
             entry = series[key] = SeriesFiles(key=key, uid=uid, description=description)
         modality = str(header.get("Modality", "") or "").strip()
         entry.modalities[modality] += 1
-        slice_, reason = _classify(path, header, is_forced)
-        if slice_ is None:
-            entry.dropped.append((path, reason))
+        slices, reason = _classify(path, header, is_forced)
+        if slices:
+            entry.slices.extend(slices)
         else:
-            entry.slices.append(slice_)
+            entry.dropped.append((path, reason))
 
     if not_dicom:
         provenance.warn(
@@ -268,55 +243,71 @@ def _fallback_series_key(header: Dataset) -> str:
 
 def _classify(
     path: Path, header: Dataset, forced: bool
-) -> tuple[SliceHeader | None, str]:
-    """Return the slice of a usable CT image file, or None and the reason."""
+) -> tuple[list[SliceHeader], str]:
+    """Return the slices of a usable CT image file, or none and the reason."""
     modality = str(header.get("Modality", "") or "").strip()
     sop_class = str(header.get("SOPClassUID", "") or "").strip()
     if not sop_class and "MediaStorageSOPClassUID" in getattr(header, "file_meta", {}):
         sop_class = str(header.file_meta.MediaStorageSOPClassUID)
 
     if modality and modality != "CT":
-        return None, f"not a CT image (Modality {modality})"
+        return [], f"not a CT image (Modality {modality})"
     if sop_class in MULTI_FRAME_CT_STORAGE:
-        # TODO: read multi-frame CT from its per-frame functional groups.
-        return None, (
-            f"{MULTI_FRAME_CT_STORAGE[sop_class]} (multi-frame) is not supported"
-        )
+        try:
+            return read_frame_headers(path, header, forced), ""
+        except MultiFrameError as exc:
+            return [], f"{MULTI_FRAME_CT_STORAGE[sop_class]} file: {exc}"
     if sop_class and sop_class != CT_IMAGE_STORAGE:
-        return None, f"not a CT image (SOP class {UID(sop_class).name})"
+        return [], f"not a CT image (SOP class {UID(sop_class).name})"
     if not modality and not sop_class:
-        return None, "neither Modality nor SOPClassUID is set"
+        return [], "neither Modality nor SOPClassUID is set"
     image_type = [str(v).upper() for v in header.get("ImageType", []) or []]
     if "LOCALIZER" in image_type:
-        return None, "localizer (ImageType LOCALIZER)"
+        return [], "localizer (ImageType LOCALIZER)"
     if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
-        return None, "no ImagePositionPatient or ImageOrientationPatient"
+        return [], "no ImagePositionPatient or ImageOrientationPatient"
 
     try:
         position = np.array([float(v) for v in header.ImagePositionPatient])
         orientation = np.array([float(v) for v in header.ImageOrientationPatient])
         row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
-        slice_ = SliceHeader(
-            path=path,
-            position=position,
-            orientation=orientation,
-            pixel_spacing=(row_spacing, column_spacing),
-            rows=int(header.Rows),
-            columns=int(header.Columns),
-            slope=float(header.get("RescaleSlope", 1.0) or 1.0),
-            intercept=float(header.get("RescaleIntercept", 0.0) or 0.0),
-            bits_stored=int(header.get("BitsStored", header.BitsAllocated)),
-            signed=int(header.get("PixelRepresentation", 0)) == 1,
-            forced=forced,
-            header=header,
-        )
+        rows = int(header.Rows)
+        columns = int(header.Columns)
+        slope = float(header.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
+        bits_stored = int(header.get("BitsStored", header.BitsAllocated))
     except (AttributeError, TypeError, ValueError) as exc:
-        return None, f"missing or invalid geometry tags: {exc}"
+        return [], f"missing or invalid geometry tags: {exc}"
     if position.shape != (3,) or orientation.shape != (6,):
-        return None, "ImagePositionPatient or ImageOrientationPatient has wrong length"
-    if np.linalg.norm(slice_.normal) < 0.5:
-        return None, "ImageOrientationPatient rows are not perpendicular unit vectors"
-    return slice_, ""
+        return [], "ImagePositionPatient or ImageOrientationPatient has wrong length"
+    if (
+        not np.all(np.isfinite(orientation))
+        or min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])) < 0.5
+    ):
+        return [], "ImageOrientationPatient rows are not perpendicular unit vectors"
+    orientation, error = normalise_orientation(orientation)
+    if error > MAX_ORIENTATION_ERROR:
+        return [], (
+            "ImageOrientationPatient rows are not perpendicular unit vectors "
+            f"(deviation {error:.2g}, above the {MAX_ORIENTATION_ERROR:g} that is "
+            "repaired)"
+        )
+    slice_ = SliceHeader(
+        path=path,
+        position=position,
+        orientation=orientation,
+        pixel_spacing=(row_spacing, column_spacing),
+        rows=rows,
+        columns=columns,
+        slope=slope,
+        intercept=intercept,
+        bits_stored=bits_stored,
+        signed=int(header.get("PixelRepresentation", 0)) == 1,
+        forced=forced,
+        header=header,
+        orientation_error=error,
+    )
+    return [slice_], ""
 
 
 def choose_series(
