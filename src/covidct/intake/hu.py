@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 AIR_HU = -1024
 
 # A value below AIR_HU counts as padding only when at least this fraction of
-# the voxels hold it. Genuine low values in the lungs (calibration noise down
+# the voxels contain it. Genuine low values in the lungs (calibration noise down
 # to about -1100 HU) are spread over many values, each on few voxels. The
 # corners outside the inscribed circle of a square image are 21 % of it.
 MIN_PADDING_FRACTION = 0.001
@@ -79,10 +79,18 @@ class IntensityPeaks:
     high: float | None
 
     def describe(self) -> str:
-        """Name both peaks in words, e.g. ``peaks at 24 and 904``."""
+        """Name both peaks in words, e.g. ``histogram peaks at 31 and 904``."""
         if self.high is None:
-            return f"one histogram peak at {self.low:.0f}"
-        return f"histogram peaks at {self.low:.0f} and {self.high:.0f}"
+            return f"one histogram peak at {_format_value(self.low)}"
+        return (
+            f"histogram peaks at {_format_value(self.low)} and "
+            f"{_format_value(self.high)}"
+        )
+
+
+def _format_value(value: float) -> str:
+    """Format whole units for HU-sized values and 3 digits for small ones."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def sample_voxels(values: np.ndarray) -> np.ndarray:
@@ -106,9 +114,11 @@ def find_intensity_peaks(values: np.ndarray) -> IntensityPeaks:
     lowest, highest = float(sample.min()), float(sample.max())
     if highest <= lowest:
         return IntensityPeaks(low=lowest, high=None)
-    # Narrow ranges (8-bit data) get one bin per value, wide ones 512 bins.
-    bins = min(HISTOGRAM_BINS, int(highest - lowest) + 1)
-    counts, edges = np.histogram(sample, bins=max(bins, 2), range=(lowest, highest))
+    bins = HISTOGRAM_BINS
+    if np.issubdtype(values.dtype, np.integer):
+        # Integer data over a narrow range (8-bit exports) get one bin per value.
+        bins = max(2, min(HISTOGRAM_BINS, int(highest - lowest) + 1))
+    counts, edges = np.histogram(sample, bins=bins, range=(lowest, highest))
     centres = (edges[:-1] + edges[1:]) / 2
     smoothed = np.convolve(counts, np.ones(3) / 3, mode="same")
     first = int(np.argmax(smoothed))
@@ -124,7 +134,7 @@ def find_intensity_peaks(values: np.ndarray) -> IntensityPeaks:
 def replace_padding(volume: CTVolume) -> None:
     """Set the padding outside the field of view to air, with a warning.
 
-    Padding is the minimum of the volume when it lies below -1024 HU, holds
+    Padding is the minimum of the volume when it lies below -1024 HU, fills
     at least 0.1 % of the voxels and is connected, within each axial slice,
     to the image border. Only those border-connected voxels change. Values
     below -1024 HU inside the body (noise in the lungs) stay as they are.
@@ -157,7 +167,7 @@ def replace_padding(volume: CTVolume) -> None:
     volume.provenance.details["padding_voxels"] = outside_count
     volume.provenance.warn(
         f"{outside_count} voxels ({100 * outside_count / hu.size:.1f} % of the "
-        f"volume) at the image border hold the padding value {lowest:g} HU, "
+        f"volume) at the image border contain the padding value {lowest:g} HU, "
         "which marks no measurement outside the scanner's field of view; they "
         f"were set to {AIR_HU} HU (air) for the analysis"
     )
@@ -183,10 +193,11 @@ def _connected_to_border(mask: np.ndarray) -> np.ndarray:
 def correct_stored_offset(volume: CTVolume) -> bool:
     """Subtract 1024 from stored scanner values that lost their rescale.
 
-    The correction runs only when the mapping is certain: integer data, no
-    value below 0, values above 255 (so not an 8-bit export), an air peak at
-    8 to 224 and a fat or soft-tissue peak at 824 to 1174, where a CT stored
-    with RescaleIntercept -1024 has them.
+    The correction runs only when the mapping is certain. The data must be
+    integers, with no value below 0 and some above 255 (so not an 8-bit
+    export). The air peak must lie at 8 to 224 and the fat or soft-tissue
+    peak at 824 to 1174, where a CT stored with RescaleIntercept -1024 has
+    them.
 
     NOTE: a stored offset of 1000 instead of 1024 would give the same peaks
     24 units lower. With the air peak of a chest CT at -1000 HU it then sits
