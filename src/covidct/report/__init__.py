@@ -9,8 +9,9 @@
   exact grid of the CT (spacing, origin and direction).
 - ``segmentation.json``: the label values with their names and colours, and the
   segmentation method.
-- ``report.html``: one page with the stage, warnings, images, biomarkers,
-  input provenance, timings and radiomics, which loads no other file.
+- ``report.html``: one page with the stage, the anatomical checks, warnings,
+  images, biomarkers, input provenance, timings and radiomics, which loads no
+  other file.
 
 The report dict, built by the pipeline, has this shape (values may be numpy
 numbers, and any measured value may be None)::
@@ -32,6 +33,11 @@ numbers, and any measured value may be None)::
       "radiomics": {feature: float | None, ...},   # unitless
       "stage": {"extent_percent": float, "category": str, "category_name": str,
                 "ct_grade": int, "ct_grade_name": str},
+      "reliability": None or {            # covidct.segment.anatomy.check_anatomy
+        "values_reliable": bool, "lungs_complete": bool,
+        "orientation_consistent": bool, "reasons": [str, ...],
+        "measurements": {name: float | str | None, ...},
+      },
       "prognosis": None or {key: value or {"value": ..., "unit": ...}, ...},
       "warnings": [str, ...],
       "timings_s": {stage: seconds, ...},

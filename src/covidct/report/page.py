@@ -51,6 +51,10 @@ header .source { color: var(--muted); margin: 4px 0 0; word-break: break-all; }
 #warnings.some { background: #fff4d6; border: 2px solid #c98a00; }
 #warnings.some h2 { color: #7a4b00; }
 #warnings.none { color: var(--muted); }
+#reliability.unreliable { background: #fde8e8; border: 2px solid #b42318; }
+#reliability.unreliable h2 { color: #8a1c12; }
+#reliability.reliable { color: var(--muted); }
+#reliability ul { margin: 0; padding-left: 20px; }
 #warnings ul { margin: 0; padding-left: 20px; }
 #warnings li { margin: 3px 0; }
 .controls { display: flex; flex-wrap: wrap; gap: 8px 20px; align-items: center;
@@ -197,6 +201,28 @@ def _warnings(report: Mapping[str, Any]) -> str:
     items = "".join(f"<li>{_escape(warning)}</li>" for warning in warnings)
     return (
         f'<section id="warnings" class="some"><h2>Warnings ({len(warnings)})</h2>'
+        f"<ul>{items}</ul></section>"
+    )
+
+
+def _reliability(report: Mapping[str, Any]) -> str:
+    """Show the outcome of the anatomical checks; nothing when they did not run."""
+    reliability = report.get("reliability")
+    if not isinstance(reliability, Mapping):
+        return ""
+    if reliability.get("values_reliable"):
+        return (
+            '<section id="reliability" class="reliable"><h2>Anatomical checks: '
+            "passed</h2><p>The lungs lie inside the scan and the anatomy agrees "
+            "with the header's axis directions.</p></section>"
+        )
+    reasons = reliability.get("reasons") or []
+    items = "".join(f"<li>{_escape(reason)}</li>" for reason in reasons)
+    return (
+        '<section id="reliability" class="unreliable"><h2>Values unreliable</h2>'
+        f"<p>Lungs complete: {_format_value(reliability.get('lungs_complete'))}. "
+        "Orientation consistent with the header: "
+        f"{_format_value(reliability.get('orientation_consistent'))}.</p>"
         f"<ul>{items}</ul></section>"
     )
 
@@ -512,6 +538,7 @@ def render_page(report: Mapping[str, Any], views: Sequence[View]) -> str:
     )
     body = [
         _header(report),
+        _reliability(report),
         _warnings(report),
         _images(report, views),
         '<div class="columns">',

@@ -9,7 +9,13 @@ from typing import Any
 
 from covidct.report.serialize import to_jsonable
 
-__all__ = ["PROGNOSIS_FIELDS", "STAGE_FIELDS", "biomarker_row", "row_csv"]
+__all__ = [
+    "PROGNOSIS_FIELDS",
+    "RELIABILITY_FIELDS",
+    "STAGE_FIELDS",
+    "biomarker_row",
+    "row_csv",
+]
 
 #: Keys of ``report["stage"]`` copied to the row, each as column ``stage_<key>``.
 #: The columns are present even when the stage is missing, so that rows of
@@ -21,6 +27,11 @@ STAGE_FIELDS = (
     "ct_grade",
     "ct_grade_name",
 )
+
+
+#: Keys of ``report["reliability"]`` copied to the row as ``reliability_<key>``,
+#: present (empty when the checks did not run) for the same reason.
+RELIABILITY_FIELDS = ("values_reliable", "lungs_complete", "orientation_consistent")
 
 
 #: Keys of ``report["prognosis"]`` copied to the row as ``prognosis_<key>``,
@@ -61,8 +72,10 @@ def biomarker_row(report: Mapping[str, Any]) -> dict[str, object]:
     Columns come in this order: the biomarker values (column = key), the zone
     values if the report has zones, the stage as ``stage_<key>`` for each key
     of ``STAGE_FIELDS``, the outcome estimate as ``prognosis_<key>`` for each
-    key of ``PROGNOSIS_FIELDS``, then the radiomics features (column = key). Units are
-    not part of the row: they are in ``report.json`` and in the HTML report.
+    key of ``PROGNOSIS_FIELDS``, the anatomical checks as ``reliability_<key>``
+    for each key of ``RELIABILITY_FIELDS``, then the radiomics features
+    (column = key). Units are not part of the row: they are in
+    ``report.json`` and in the HTML report.
 
     Args:
         report: The report dict described in ``covidct.report``.
@@ -87,6 +100,12 @@ def biomarker_row(report: Mapping[str, Any]) -> dict[str, object]:
         row,
         {f"prognosis_{key}": prognosis.get(key) for key in PROGNOSIS_FIELDS},
         "prognosis",
+    )
+    reliability = report.get("reliability") or {}
+    _add_columns(
+        row,
+        {f"reliability_{key}": reliability.get(key) for key in RELIABILITY_FIELDS},
+        "reliability",
     )
     radiomics = report.get("radiomics") or {}
     _add_columns(
