@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import InputError
+from covidct.intake.hu import find_intensity_peaks
+from covidct.intake.volume import CTVolume
 
 __all__ = [
     "SliceGap",
     "check_hu",
     "check_slice_count",
     "check_slice_spacing",
+    "check_z_extent",
     "describe_gaps",
     "find_slice_gaps",
     "format_mm",
@@ -39,6 +42,10 @@ AIR_PERCENTILE = 1.0
 AIR_MAX_HU = -900.0
 
 MAX_LISTED_GAPS = 5
+
+# Slices spaced wider than this (in mm) make lesion and organ volumes and
+# texture features less reliable, so such volumes get a warning.
+THICK_SLICE_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,17 @@ def format_mm(value: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def check_slice_count(count: int, min_slices: int, path: str | Path) -> None:
+def check_slice_count(
+    count: int, min_slices: int, path: str | Path, extent_mm: float | None = None
+) -> None:
     """Raise when a volume has too few slices for a chest CT analysis.
 
     Args:
         count: Number of slices found.
         min_slices: Minimum number of slices accepted.
         path: Input that the slices came from, named in the error.
+        extent_mm: Extent of the slices along z in mm, named in the error
+            when known.
 
     Raises:
         InputError: ``count`` is below ``min_slices``.
@@ -89,13 +100,50 @@ def check_slice_count(count: int, min_slices: int, path: str | Path) -> None:
     if count >= min_slices:
         return
     noun = "slice" if count == 1 else "slices"
+    extent = ""
+    if extent_mm is not None:
+        extent = f" covering {format_mm(extent_mm)} mm along z"
     raise InputError(
-        f"the CT has {count} {noun}, fewer than the {min_slices} needed for a "
-        "chest CT analysis",
+        f"the CT has {count} {noun}{extent}, fewer than the {min_slices} needed "
+        "for a chest CT analysis",
         path=path,
         hint="Give the folder of the whole chest CT series, not a single slice or "
         "an excerpt.",
     )
+
+
+def check_z_extent(volume: CTVolume, path: str | Path, min_extent_mm: float) -> None:
+    """Raise for a slab too thin for a chest CT, and warn about thick slices.
+
+    The extent along z is the number of slices times the slice spacing: the
+    distance from the first to the last slice centre plus one spacing.
+
+    Args:
+        volume: The volume read, whose provenance receives the warning.
+        path: Input that the volume came from, named in the error.
+        min_extent_mm: Minimum extent along z in mm.
+
+    Raises:
+        InputError: The extent is below ``min_extent_mm``.
+    """
+    count = volume.shape[0]
+    spacing = float(volume.spacing[2])
+    extent = count * spacing
+    if extent < min_extent_mm:
+        raise InputError(
+            f"the CT covers {format_mm(extent)} mm along z ({count} slices of "
+            f"{format_mm(spacing)} mm), less than the {format_mm(min_extent_mm)} mm "
+            "needed to contain the lungs",
+            path=path,
+            hint="Give the whole chest CT series, not a slab or an excerpt "
+            "(in Python, IntakeOptions.min_extent_mm sets the limit).",
+        )
+    if spacing > THICK_SLICE_MM:
+        volume.provenance.warn(
+            f"the slices are {format_mm(spacing)} mm apart, thicker than "
+            f"{format_mm(THICK_SLICE_MM)} mm, so lesion and organ volumes and "
+            "texture features are less reliable than on thin slices"
+        )
 
 
 def find_slice_gaps(positions_mm: np.ndarray) -> tuple[float, list[SliceGap]]:
@@ -201,6 +249,8 @@ def check_hu(hu: np.ndarray, path: str | Path) -> None:
     A CT in HU contains air at about -1000 HU, outside the body and in the
     lungs, so its 1st percentile lies below -900 HU. Windowed 8-bit exports
     (0 to 255) and stored DICOM values without the rescale (air near 0) fail.
+    The error names the histogram peaks, which sit near -1000 HU (air) and
+    -100 to 50 HU (fat and soft tissue) in a CT in HU.
 
     Args:
         hu: Volume in the units to check, any shape.
@@ -216,32 +266,37 @@ def check_hu(hu: np.ndarray, path: str | Path) -> None:
     logger.debug(
         "intensity range %.0f to %.0f, 1st percentile %.0f", lowest, highest, air
     )
+    if air <= AIR_MAX_HU:
+        return
 
+    peaks = find_intensity_peaks(hu).describe()
     if lowest >= 0.0 and highest <= 255.0:
         raise InputError(
-            f"the values lie between {lowest:g} and {highest:g}, like a windowed "
-            "8-bit image, not Hounsfield units (HU)",
+            f"the values lie between {lowest:g} and {highest:g} with {peaks}, "
+            "like a windowed 8-bit image, not Hounsfield units (HU), where air "
+            "is near -1000 and soft tissue near 0",
             path=path,
             hint="Give the original DICOM series or a volume in HU (air about "
-            "-1000 HU, water 0 HU). A windowed export cannot be converted back "
-            "to HU.",
+            "-1000 HU, water 0 HU), such as a NIfTI converted from the DICOM "
+            "series with dcm2niix. A windowed export cannot be converted back "
+            "to HU, because the window clipped the values outside it.",
         )
-    if air > AIR_MAX_HU and lowest >= 0.0:
+    if lowest >= 0.0:
         raise InputError(
-            f"the values start at {lowest:g} and the 1st percentile is {air:.0f}, "
-            "so air is not near -1000: these look like stored scanner values, "
-            "not Hounsfield units (HU)",
+            f"the values start at {lowest:g} and the 1st percentile is {air:.0f} "
+            f"with {peaks}, so air is not near -1000: these look like stored "
+            "scanner values with a lost rescale, not Hounsfield units (HU)",
             path=path,
             hint="Convert to HU with HU = value * RescaleSlope + RescaleIntercept "
-            "from the DICOM header (often HU = value - 1024), or give the "
-            "original DICOM series.",
+            "from the DICOM header (often HU = value - 1024), restore the "
+            "scl_slope and scl_inter of a NIfTI file, or give the original "
+            "DICOM series.",
         )
-    if air > AIR_MAX_HU:
-        raise InputError(
-            f"the 1st percentile of the values is {air:.0f}, but a CT in "
-            f"Hounsfield units (HU) has air below {AIR_MAX_HU:.0f}: the values "
-            "do not look like HU",
-            path=path,
-            hint="Give a volume in HU (air about -1000 HU, water 0 HU), not a "
-            "normalised or rescaled one, or give the original DICOM series.",
-        )
+    raise InputError(
+        f"the 1st percentile of the values is {air:.0f} with {peaks}, but a CT "
+        f"in Hounsfield units (HU) has air below {AIR_MAX_HU:.0f}: the values "
+        "do not look like HU",
+        path=path,
+        hint="Give a volume in HU (air about -1000 HU, water 0 HU), not a "
+        "normalised or rescaled one, or give the original DICOM series.",
+    )

@@ -8,13 +8,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pydicom
-import SimpleITK as sitk
 
 from covidct.errors import InputError
-from covidct.intake.checks import check_hu, check_slice_count
+from covidct.intake.checks import check_hu, check_z_extent
 from covidct.intake.dicom import read_dicom_folder
+from covidct.intake.hu import correct_stored_offset, replace_padding
+from covidct.intake.image_file import read_image_file
 from covidct.intake.options import IntakeOptions
 from covidct.intake.volume import CTVolume, Provenance
 
@@ -77,7 +77,7 @@ def load_study(path: str | Path, options: IntakeOptions | None = None) -> CTVolu
     elif path.suffix.lower() == ".zip":
         volume = _read_dicom_zip(path, options)
     elif suffix is not None:
-        volume = _read_image_file(path, IMAGE_SUFFIXES[suffix], options)
+        volume = read_image_file(path, IMAGE_SUFFIXES[suffix], options)
     elif _is_dicom_file(path):
         raise InputError(
             "this is a single DICOM file, but a CT series spans many files",
@@ -91,7 +91,10 @@ def load_study(path: str | Path, options: IntakeOptions | None = None) -> CTVolu
             hint=f"Give {SUPPORTED}.",
         )
 
+    replace_padding(volume)
+    correct_stored_offset(volume)
     check_hu(volume.hu, path)
+    check_z_extent(volume, path, options.min_extent_mm)
     logger.info(
         "loaded %s: %d x %d x %d voxels of %s mm",
         path,
@@ -161,51 +164,3 @@ def _read_dicom_zip(path: Path, options: IntakeOptions) -> CTVolume:
                 )
         logger.info("extracted %d files of %s", len(members), path)
         return read_dicom_folder(root, options, provenance, label=path)
-
-
-def _read_image_file(path: Path, kind: str, options: IntakeOptions) -> CTVolume:
-    """Read a NIfTI, MHA or NRRD volume whose values are HU."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise InputError(
-            f"SimpleITK could not read the file: {first_line}",
-            path=path,
-            hint="Check that the file is complete and in the format its name says.",
-        ) from exc
-
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"the image has {image.GetNumberOfComponentsPerPixel()} values per "
-            "voxel (colour or vector), but a CT has one",
-            path=path,
-            hint="Give a single-channel CT volume in HU.",
-        )
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-    if image.GetDimension() == 2:
-        check_slice_count(1, options.min_slices, path)
-    if image.GetDimension() != 3:
-        raise InputError(
-            f"the image has {image.GetDimension()} dimensions, but a CT volume has 3",
-            path=path,
-            hint="Give a 3D CT volume. Split time series or multi-volume files first.",
-        )
-    check_slice_count(image.GetSize()[2], options.min_slices, path)
-
-    provenance = Provenance(source=str(path), kind=kind)
-    provenance.details["pixel_type"] = image.GetPixelIDTypeAsString()
-    provenance.details["values_assumed_hu"] = True
-    volume = CTVolume.from_sitk(image, provenance)
-    volume.hu = _as_hu_dtype(volume.hu)
-    return volume
-
-
-def _as_hu_dtype(values: np.ndarray) -> np.ndarray:
-    """Convert to int16 when all values are integers within its range."""
-    if np.issubdtype(values.dtype, np.integer):
-        if values.min() >= -32768 and values.max() <= 32767:
-            return values.astype(np.int16, copy=False)
-        return values.astype(np.float32)
-    return values.astype(np.float32, copy=False)
