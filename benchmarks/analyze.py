@@ -1,12 +1,14 @@
 """Time and memory of each stage of ``covidct analyze`` on a real CT.
 
 Runs the stages one after another in this process, as ``covidct analyze``
-does, and samples the resident memory (RSS) of this process and its children
-(the radiomics workers) every 10 ms to find each stage's peak. Prints a
+does (the segmentation stage includes the anatomical checks), and samples
+the resident memory (RSS) of this process and its children (the radiomics
+workers) every 10 ms to find each stage's peak. Prints a
 Markdown table for ``docs/benchmarks.md``.
 
 Usage:
-    .venv/bin/python benchmarks/analyze.py [STUDY] [--repeat N] [--workers N]
+    .venv/bin/python -P benchmarks/analyze.py [STUDY] [--repeat N] [--workers N]
+        [--method cnn|threshold]
 
 STUDY defaults to ../shared/data/covid-ct-md/P002.
 """
@@ -25,12 +27,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from covidct.analysis import AnalysisOptions, AnalysisResult
+from covidct.analysis import AnalysisOptions, AnalysisResult, segment_study
 from covidct.biomarkers.radiomics import extract_radiomics
 from covidct.biomarkers.volumes import compute_biomarkers
 from covidct.intake import load_study
 from covidct.report import write_outputs
-from covidct.segment.threshold import segment_threshold
+from covidct.segment.anatomy import check_anatomy
 from covidct.staging import stage_extent
 
 DEFAULT_STUDY = (
@@ -82,18 +84,19 @@ def _rss_kib(pid: int | None = None) -> int:
     return total
 
 
-def run_once(study: Path, workers: int) -> list[tuple[str, float, float]]:
+def run_once(study: Path, workers: int, method: str) -> list[tuple[str, float, float]]:
     """Run every stage once and return (stage, seconds, peak RSS in MiB)."""
     rows: list[tuple[str, float, float]] = []
     state: dict[str, Any] = {}
-    options = AnalysisOptions(workers=workers)
+    options = AnalysisOptions(workers=workers, method=method)
     out_dir = Path(tempfile.mkdtemp(prefix="covidct-bench-"))
 
     def intake() -> None:
         state["volume"] = load_study(study, options.intake)
 
     def segmentation() -> None:
-        state["segmentation"] = segment_threshold(state["volume"])
+        state["segmentation"] = segment_study(state["volume"], options)
+        check_anatomy(state["volume"], state["segmentation"])
 
     def biomarkers() -> None:
         state["biomarkers"] = compute_biomarkers(state["volume"], state["segmentation"])
@@ -148,17 +151,24 @@ def main() -> int:
         "--repeat", type=int, default=3, help="runs; the median is shown"
     )
     parser.add_argument("--workers", type=int, default=1, help="radiomics processes")
+    parser.add_argument(
+        "--method",
+        choices=["cnn", "threshold"],
+        default="cnn",
+        help="segmentation backend (default: cnn)",
+    )
     args = parser.parse_args()
     if not args.study.exists():
         print(f"study not found: {args.study}; give the path of a CT", file=sys.stderr)
         return 2
 
-    runs = [run_once(args.study, args.workers) for _ in range(args.repeat)]
+    runs = [run_once(args.study, args.workers, args.method) for _ in range(args.repeat)]
     names = [row[0] for row in runs[0]]
     print(
         f"Study: {args.study.name}; {args.repeat} runs, median time and the "
         "memory of the first run shown; "
-        f"radiomics workers: {args.workers}; {os.cpu_count()} CPUs, "
+        f"segmentation: {args.method}; radiomics workers: {args.workers}; "
+        f"{os.cpu_count()} CPUs, "
         f"{platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}; {date.today().isoformat()}"
     )

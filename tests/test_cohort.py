@@ -183,7 +183,12 @@ def test_batch_writes_each_study_outputs(full_run):
             assert (out / study / name).is_file(), f"{study}/{name}"
     status = json.loads((out / "p1" / STATUS_FILE).read_text())
     assert status["status"] == "done"
-    assert status["settings"] == {"radiomics": False, "allow_gaps": False}
+    assert status["settings"] == {
+        "radiomics": False,
+        "allow_gaps": False,
+        "method": "cnn",
+        "model": None,
+    }
 
 
 def test_cohort_csv_columns_are_biomarker_row(full_run):

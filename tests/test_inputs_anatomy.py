@@ -130,12 +130,6 @@ def test_lateral_crop_marks_lungs_incomplete(p002_volume, p002_segmentation) -> 
     assert volume.provenance.warnings == check.reasons
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="segment_lungs returns its empty no-lung mask on its downsampled "
-    "working grid, so segment_heart raises on the shape",
-)
 def test_lateral_crop_threshold_backend(p002_volume, tmp_path: Path) -> None:
     # The cut opens the left lung to the border, and the threshold backend then
     # drops the whole airway tree as air outside the body.

@@ -18,6 +18,7 @@ from covidct import __version__
 from covidct.biomarkers.volumes import Biomarker, compute_biomarkers
 from covidct.intake import IntakeOptions, load_study
 from covidct.intake.volume import CTVolume
+from covidct.segment.anatomy import check_anatomy
 from covidct.segment.result import LABELS, Segmentation
 from covidct.segment.threshold import segment_threshold
 from covidct.staging import ExtentStage, stage_extent
@@ -25,7 +26,14 @@ from covidct.staging import ExtentStage, stage_extent
 if TYPE_CHECKING:
     from covidct.prognosis.predict import PatientInfo
 
-__all__ = ["STAGES", "AnalysisOptions", "AnalysisResult", "analyze", "write_analysis"]
+__all__ = [
+    "STAGES",
+    "AnalysisOptions",
+    "AnalysisResult",
+    "analyze",
+    "segment_study",
+    "write_analysis",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +52,16 @@ class AnalysisOptions:
         workers: Processes for the radiomics regions.
         patient: Age, sex and clinical inputs of the outcome estimate; without
             age and sex the report states that the outcome was not estimated.
+        method: Segmentation backend, "cnn" (the network ensemble) or
+            "threshold" (the HU rules).
+        model: Bundle folder of the ensemble; the bundled weights when None.
     """
 
     intake: IntakeOptions = field(default_factory=IntakeOptions)
     radiomics: bool = True
     workers: int = 1
+    method: str = "cnn"
+    model: Path | None = None
     patient: PatientInfo | None = None
 
 
@@ -64,6 +77,7 @@ class AnalysisResult:
     warnings: list[str]
     timings_s: dict[str, float]
     prognosis: dict[str, Any] | None = None
+    reliability: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
         """Build the report dict that ``covidct.report.write_outputs`` writes."""
@@ -102,6 +116,7 @@ class AnalysisResult:
             },
             "radiomics": self.radiomics,
             "stage": self.stage.to_dict(),
+            "reliability": self.reliability,
             "prognosis": self.prognosis,
             "warnings": self.warnings,
             "timings_s": {
@@ -140,7 +155,8 @@ def analyze(
     with stage("intake"):
         volume = load_study(path, options.intake)
     with stage("segmentation"):
-        segmentation = segment_threshold(volume)
+        segmentation = segment_study(volume, options)
+        anatomy = check_anatomy(volume, segmentation)
     with stage("biomarkers"):
         biomarkers = compute_biomarkers(volume, segmentation)
     radiomics: dict[str, float | None] = {}
@@ -176,7 +192,20 @@ def analyze(
         warnings=warnings,
         timings_s=timings,
         prognosis=prognosis,
+        reliability=anatomy.to_dict(),
     )
+
+
+def segment_study(volume: CTVolume, options: AnalysisOptions) -> Segmentation:
+    """Run the segmentation backend that ``options.method`` names."""
+    if options.method == "threshold":
+        return segment_threshold(volume)
+    if options.method != "cnn":
+        raise ValueError(f"unknown segmentation method {options.method!r}")
+    from covidct.segment.cnn.bundle import load_bundle
+    from covidct.segment.cnn.inference import segment_cnn
+
+    return segment_cnn(volume, load_bundle(options.model))
 
 
 def _estimate_prognosis(

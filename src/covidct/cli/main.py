@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covidct import __version__
+from covidct.cli.check import FRAME_HELP, add_check_parser, frame_number
+from covidct.cli.segmentation import add_segmentation_parsers
 from covidct.cohort.command import add_batch_parser
 from covidct.errors import CovidctError
 
@@ -88,6 +90,21 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resample a series with missing slices instead of rejecting it",
     )
+    analyze.add_argument("--frame", type=frame_number, metavar="N", help=FRAME_HELP)
+    analyze.add_argument(
+        "--method",
+        choices=["cnn", "threshold"],
+        default="cnn",
+        help="segmentation backend: the network ensemble (default) or the HU "
+        "threshold rules",
+    )
+    analyze.add_argument(
+        "--model",
+        type=Path,
+        metavar="FOLDER",
+        help="bundle folder written by train-segmentation (default: the bundled "
+        "weights)",
+    )
     analyze.add_argument(
         "--no-radiomics",
         action="store_true",
@@ -123,6 +140,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=_run_fetch_sample)
 
     add_batch_parser(commands)
+    add_check_parser(commands)
+    add_segmentation_parsers(commands)
     _add_prognosis_commands(commands)
     return parser
 
@@ -246,9 +265,13 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CovidctError(f"--workers must be at least 1, got {args.workers}")
     options = AnalysisOptions(
-        intake=IntakeOptions(series_uid=args.series, allow_gaps=args.allow_gaps),
+        intake=IntakeOptions(
+            series_uid=args.series, allow_gaps=args.allow_gaps, frame=args.frame
+        ),
         radiomics=not args.no_radiomics,
         workers=args.workers,
+        method=args.method,
+        model=args.model,
         patient=PatientInfo(
             age=args.age,
             sex=args.sex,

@@ -74,6 +74,20 @@ def add_batch_parser(commands: Any) -> None:
         "by estimate (default: 80%% of the memory available at start)",
     )
     batch.add_argument(
+        "--method",
+        choices=["cnn", "threshold"],
+        default="cnn",
+        help="segmentation backend: the network ensemble (default) or the HU "
+        "threshold rules",
+    )
+    batch.add_argument(
+        "--model",
+        type=Path,
+        metavar="FOLDER",
+        help="bundle folder written by train-segmentation (default: the bundled "
+        "weights)",
+    )
+    batch.add_argument(
         "--no-radiomics",
         action="store_true",
         help="skip the 535 PyRadiomics features (the slowest stage)",
@@ -108,6 +122,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         radiomics=not args.no_radiomics,
         allow_gaps=args.allow_gaps,
+        method=args.method,
+        model=args.model,
         memory_limit_bytes=(
             None if args.memory_limit is None else int(args.memory_limit * 1e9)
         ),

@@ -51,6 +51,8 @@ class BatchOptions:
             processes.
         radiomics: Whether to extract the PyRadiomics features.
         allow_gaps: Whether to interpolate over missing slices.
+        method: Segmentation backend, "cnn" or "threshold".
+        model: Bundle folder of the network ensemble; None for the bundled one.
         memory_limit_bytes: Memory that the studies running at once may use
             together, by the estimate of ``covidct.cohort.memory``. None takes
             ``MEMORY_SHARE`` of the memory available at start (local), or of
@@ -66,6 +68,8 @@ class BatchOptions:
     scheduler: str | None = None
     radiomics: bool = True
     allow_gaps: bool = False
+    method: str = "cnn"
+    model: Path | None = None
     memory_limit_bytes: int | None = None
     refresh_s: float = 10.0
     worker_log_level: int | None = None
@@ -158,7 +162,11 @@ def run_batch(
     _make_folder(out_dir)
     threads = 1 if options.scheduler else max(1, usable_cores() // options.workers)
     settings = StudySettings(
-        radiomics=options.radiomics, allow_gaps=options.allow_gaps, threads=threads
+        radiomics=options.radiomics,
+        allow_gaps=options.allow_gaps,
+        threads=threads,
+        method=options.method,
+        model=None if options.model is None else str(options.model),
     )
 
     records = {task.study_id: read_record(out_dir, task, settings) for task in tasks}

@@ -54,16 +54,25 @@ class StudySettings:
     Attributes:
         radiomics: Whether to extract the PyRadiomics features.
         allow_gaps: Whether to interpolate over missing slices (``--allow-gaps``).
-        threads: Threads that one study may use in numpy, BLAS and ITK.
+        threads: Threads that one study may use in numpy, BLAS, ITK and torch.
+        method: Segmentation backend, "cnn" or "threshold".
+        model: Bundle folder of the network ensemble; None for the bundled one.
     """
 
     radiomics: bool = True
     allow_gaps: bool = False
     threads: int = 1
+    method: str = "cnn"
+    model: str | None = None
 
     def key(self) -> dict[str, object]:
         """Return the settings that change the outputs, as stored with them."""
-        return {"radiomics": self.radiomics, "allow_gaps": self.allow_gaps}
+        return {
+            "radiomics": self.radiomics,
+            "allow_gaps": self.allow_gaps,
+            "method": self.method,
+            "model": self.model,
+        }
 
 
 @dataclass
@@ -155,6 +164,8 @@ def run_study(task: StudyTask, settings: StudySettings) -> StudyOutcome:
         intake=IntakeOptions(allow_gaps=settings.allow_gaps),
         radiomics=settings.radiomics,
         workers=1,
+        method=settings.method,
+        model=None if settings.model is None else Path(settings.model),
         patient=patient,
     )
     current = {"stage": "intake"}
@@ -275,17 +286,21 @@ def _failed(
 
 @contextmanager
 def _bounded_threads(threads: int) -> Iterator[None]:
-    """Bound the thread pools of the loaded BLAS, OpenMP and ITK libraries."""
+    """Bound the thread pools of BLAS, OpenMP, ITK and torch."""
     import SimpleITK as sitk
+    import torch
     from threadpoolctl import threadpool_limits
 
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    previous_torch = torch.get_num_threads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    torch.set_num_threads(threads)
     try:
         with threadpool_limits(limits=threads):
             yield
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+        torch.set_num_threads(previous_torch)
 
 
 def _link_files(files: tuple[Path, ...], folder: Path, target: Path) -> Path:

@@ -118,6 +118,10 @@ class AnatomyCheck:
         }
 
 
+#: In-plane pixel size (mm) of the grid the orientation votes run on.
+ORIENTATION_GRID_MM = 1.5
+
+
 def check_anatomy(
     volume: CTVolume,
     segmentation: Segmentation,
@@ -164,7 +168,18 @@ def check_anatomy(
     lungs = reorientation.to_canonical(segmentation.lungs)
     spacing = reorientation.spacing
     _check_coverage(hu, lungs, spacing, options, check)
-    _check_orientation(hu, lungs, spacing, reorientation, options, check)
+    # The orientation votes compare centroids and shapes over centimetres, so
+    # they run on a grid of about ORIENTATION_GRID_MM in-plane.
+    step = max(1, int(round(ORIENTATION_GRID_MM / spacing[0])))
+    coarse_spacing = (spacing[0] * step, spacing[1] * step, spacing[2])
+    _check_orientation(
+        hu[:, ::step, ::step],
+        lungs[:, ::step, ::step],
+        coarse_spacing,
+        reorientation,
+        options,
+        check,
+    )
     for reason in check.reasons:
         volume.provenance.warn(reason)
     return check

@@ -124,7 +124,7 @@ def segment_lungs(
             "no lung found: no air region inside the body is larger than "
             f"{options.min_component_ml:g} ml; the scan may not cover the chest"
         )
-        return np.zeros(hu.shape, dtype=np.uint8), warnings
+        return np.zeros(full_hu.shape, dtype=np.uint8), warnings
 
     # Airway lumen is darker than aerated lung; at this threshold the wall
     # keeps the main bronchi apart from the lung down to the hila.
@@ -136,7 +136,7 @@ def segment_lungs(
     lungs_air = _drop_minor_components(
         lungs_air, options.min_component_ml / voxel_ml, options.min_lung_fraction
     )
-    sides = _split_left_right(lungs_air, spacing)
+    sides = split_left_right(lungs_air, spacing)
     sides = _add_dense_lung(sides, hu, spacing, airways, options)
     sides = _upsample_labels(sides, full_hu, factor, options.air_hu)
     voxel_ml = voxel_ml / factor**2
@@ -246,7 +246,7 @@ def _find_airways(
     return airways
 
 
-def _split_left_right(
+def split_left_right(
     lungs: np.ndarray, spacing: tuple[float, float, float]
 ) -> np.ndarray:
     """Label each lung voxel right (1) or left (2), by components then erosion."""
