@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 from sklearn.metrics import roc_auc_score
 
 from covidct.intake import load_study
 from covidct.segment.cnn.bundle import load_bundle
-from covidct.segment.cnn.data import read_slice_folder
-from covidct.segment.cnn.evaluate import evaluate_slices
+from covidct.segment.cnn.data import LESION, LUNG, SliceSet, read_slice_folder
+from covidct.segment.cnn.evaluate import evaluate_slices, predict_slice_masks
 from covidct.segment.cnn.inference import segment_cnn
 from covidct.segment.threshold import segment_threshold
 
@@ -102,6 +103,23 @@ def timing(ct_md: Path, model: str) -> dict[str, float]:
     }
 
 
+def lesions_inside_lung(data: SliceSet, segmenter) -> dict[str, float]:
+    """Share of the expert lesion pixels that the predicted lung mask contains.
+
+    "Peripheral" lesion pixels lie within 8 pixels of the 256 x 256 grid of
+    the expert lung border, about 1 cm for a 350 mm field of view.
+    """
+    lungs, _ = predict_slice_masks(data, segmenter)
+    lesion = data.targets == LESION
+    reference = np.isin(data.targets, (LUNG, LESION))
+    depth = np.stack([ndi.distance_transform_edt(mask) for mask in reference])
+    peripheral = lesion & (depth <= 8)
+    return {
+        "lesion_in_lung": float(lungs[lesion].mean()),
+        "peripheral_lesion_in_lung": float(lungs[peripheral].mean()),
+    }
+
+
 def row(name: str, figures: dict, keys: tuple[str, ...]) -> str:
     cells = []
     for key in keys:
@@ -133,6 +151,7 @@ def main() -> int:
         segmenters["threshold"] = "threshold"
     for name, segmenter in segmenters.items():
         results[name]["ma20_test"] = evaluate_slices(test, segmenter)
+        results[name]["ma20_inside"] = lesions_inside_lung(test, segmenter)
         results[name]["semiseg"] = evaluate_slices(semiseg, segmenter)
     results["cnn"]["volumes"] = volume_figures(
         args.data / "covid-ct-md", lambda v: segment_cnn(v, bundle)
@@ -149,6 +168,14 @@ def main() -> int:
     print("| backend | lung | lesion |\n|---|---:|---:|")
     for name in segmenters:
         print(row(name, results[name]["ma20_test"], ("lung", "lesion")))
+    print("\nShare of the expert lesion pixels inside the predicted lung mask")
+    print("| backend | all lesion | peripheral lesion |\n|---|---:|---:|")
+    for name in segmenters:
+        inside = results[name]["ma20_inside"]
+        print(
+            f"| {name} | {inside['lesion_in_lung']:.3f} | "
+            f"{inside['peripheral_lesion_in_lung']:.3f} |"
+        )
     print(f"\ncovid-semiseg ({len(semiseg)} slices, never trained on), pooled Dice")
     print("| backend | lesion | GGO | consolidation |\n|---|---:|---:|---:|")
     for name in segmenters:

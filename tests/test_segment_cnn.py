@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage as ndi
 
 from covidct.cli.main import main
 from covidct.errors import InputError
@@ -22,6 +23,7 @@ from covidct.segment.cnn.data import (
     read_slice_folder,
     read_volume_folder,
 )
+from covidct.segment.cnn.evaluate import predict_slice_masks
 from covidct.segment.cnn.inference import segment_cnn
 from covidct.segment.cnn.normalization import hu_slices_to_inputs
 from covidct.segment.cnn.train import TrainingOptions, train_member
@@ -268,3 +270,25 @@ def test_cnn_abdomen_marked_unreliable(tmp_path):
     assert report["reliability"]["lungs_complete"] is False
     assert report["reliability"]["values_reliable"] is False
     assert any("reach the top (superior) slice" in w for w in report["warnings"])
+
+
+def test_peripheral_lesions_inside_lung(tmp_path):
+    # Expert lesions of a held-out patient (ma20-8bit patient 4, files
+    # 430-459), many of them against the pleura: the network's lung mask must
+    # contain them, which the threshold rule's lung does only in part.
+    source = shared_path("ma20-8bit")
+    root = tmp_path / "held out"
+    for folder in ("ct", "lungs", "covid"):
+        (root / folder).mkdir(parents=True)
+        for number in range(430, 460):
+            name = f"{number:04d}.png"
+            shutil.copy(source / folder / name, root / folder / name)
+    data = read_slice_folder(root, normalized=True)
+    lungs, _ = predict_slice_masks(data, load_bundle())
+    lesion = data.targets == LESION
+    lung_reference = np.isin(data.targets, (LUNG, LESION))
+    depth = np.stack([ndi.distance_transform_edt(mask) for mask in lung_reference])
+    peripheral = lesion & (depth <= 8)
+    assert peripheral.sum() > 1000
+    assert lungs[lesion].mean() > 0.85
+    assert lungs[peripheral].mean() > 0.8
