@@ -105,6 +105,18 @@ def test_mask_on_other_grid_rejected(ma20_subset):
         read_slice_folder(root, table, normalized=True)
 
 
+def test_patient_table_rows_checked(ma20_subset):
+    root, table = ma20_subset
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([*lines, "0060.png,patient01,train"]) + "\n")
+    with pytest.raises(InputError, match="0060.png has more than one row"):
+        read_slice_folder(root, table, normalized=True)
+    lines[1] = lines[1].replace("train", "test")
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="patient patient01 is in two splits"):
+        read_slice_folder(root, table, normalized=True)
+
+
 def test_patient_table_must_cover_files(ma20_subset):
     root, table = ma20_subset
     lines = table.read_text().splitlines()
@@ -182,8 +194,12 @@ def test_one_epoch_trains_and_resumes(ma20_subset, tmp_path):
     first = torch.load(output / "best.pt")["network"]
 
     options.epochs = 2
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(InputError, match="other options .*epochs 1 -> 2"):
         train_member(data.select("train"), data.select("validation"), output, options)
+    options.epochs = 1
+    swapped = (data.select("validation"), data.select("train"))
+    with pytest.raises(InputError, match="other slices or another patient split"):
+        train_member(*swapped, output, options)
     again = train_member(
         data.select("train"),
         data.select("validation"),
@@ -206,6 +222,7 @@ def test_train_command_writes_bundle(ma20_subset, tmp_path):
     assert main(args) == 0
     card = json.loads((bundle_dir / "ensemble.json").read_text())
     assert [m["name"] for m in card["members"]] == ["unet2d"]
+    assert "patient02" in (bundle_dir / "MODEL_CARD.md").read_text()
     assert card["data"]["splits"]["validation"] == ["patient02"]
     bundle = load_bundle(bundle_dir)
     assert len(bundle.members) == 1
@@ -292,3 +309,10 @@ def test_peripheral_lesions_inside_lung(tmp_path):
     assert peripheral.sum() > 1000
     assert lungs[lesion].mean() > 0.85
     assert lungs[peripheral].mean() > 0.8
+
+
+def test_model_with_threshold_method_exits_2(p002_dir, tmp_path, capsys):
+    args = ["analyze", str(p002_dir), "-o", str(tmp_path / "out")]
+    args += ["--method", "threshold", "--model", str(DEFAULT_BUNDLE)]
+    assert main(args) == 2
+    assert "--model sets the network ensemble" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from covidct import __version__
 from covidct.cli.check import FRAME_HELP, add_check_parser, frame_number
 from covidct.cli.segmentation import add_segmentation_parsers
 from covidct.cohort.command import add_batch_parser
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, InputError
 
 __all__ = ["main"]
 
@@ -264,6 +264,12 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CovidctError(f"--workers must be at least 1, got {args.workers}")
+    if args.model is not None and args.method != "cnn":
+        raise InputError(
+            "--model sets the network ensemble, but --method threshold uses none",
+            path=args.model,
+            hint="Drop --model, or drop --method threshold.",
+        )
     options = AnalysisOptions(
         intake=IntakeOptions(
             series_uid=args.series, allow_gaps=args.allow_gaps, frame=args.frame
@@ -311,6 +317,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             f"Extent {stage.extent_percent:.1f} % of lung volume: "
             f"{stage.category_name} ({stage.category}), {stage.ct_grade_name}"
         )
+        print(f"Segmentation: {result.segmentation.method}.")
         provenance = result.volume.provenance
         if provenance.series_uid:
             rejected = len(provenance.rejected_series)

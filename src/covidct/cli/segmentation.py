@@ -53,7 +53,8 @@ def add_segmentation_parsers(commands: argparse._SubParsersAction) -> None:
         "--normalized",
         action="store_true",
         help="the slices were already resized to 256 x 256, min-max scaled and "
-        "CLAHE-equalised (as the ma20-8bit export)",
+        "CLAHE-equalised, as the ma20-8bit export; give it for such sets, "
+        "because without it they are equalised a second time",
     )
     train.add_argument(
         "--volumes", type=Path, help="folder with images/ and labels/ NIfTI pairs"
@@ -120,7 +121,11 @@ def add_segmentation_parsers(commands: argparse._SubParsersAction) -> None:
         help="evaluate only the slices of this split (needs --patients)",
     )
     evaluate.add_argument(
-        "--normalized", action="store_true", help="as in train-segmentation"
+        "--normalized",
+        action="store_true",
+        help="the slices were already normalised, as the ma20-8bit export "
+        "(as in train-segmentation; without it they are equalised again and "
+        "the figures are wrong)",
     )
     evaluate.add_argument("--json", type=Path, help="also write the figures here")
     evaluate.set_defaults(run=_run_evaluate)
@@ -301,7 +306,48 @@ def write_bundle(
         },
     }
     write_atomic(output / CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
+    write_atomic(output / "MODEL_CARD.md", _model_card_text(card).encode())
     return card
+
+
+def _model_card_text(card: dict[str, Any]) -> str:
+    """Write the readable model card of a bundle from its ``ensemble.json``."""
+    splits = card["data"]["splits"]
+    lines = [
+        f"# Model card: covidct lung and lesion ensemble `{card['name']}`",
+        "",
+        "**Research use only. Not a medical device.**",
+        "",
+        "Written by `covidct train-segmentation`; complete the sections marked "
+        "TODO before sharing the bundle.",
+        "",
+        f"- Data: {card['data']['slices']} slices of {card['data']['patients']} "
+        "patients.",
+        f"- Training patients: {', '.join(splits['train']) or 'none'}.",
+        f"- Validation patients: {', '.join(splits['validation']) or 'none'}.",
+        f"- Test patients (never trained on): {', '.join(splits['test']) or 'none'}.",
+        f"- Input: {card['input']['normalization']}; HU clipped to "
+        f"{card['input']['hu_range']} for CT volumes.",
+        "- Members:",
+    ]
+    for member in card["members"]:
+        training = member["training"]
+        dice = ", ".join(
+            f"{name} {value:.3f}"
+            for name, value in training["best_validation_dice"].items()
+        )
+        lines.append(
+            f"  - `{member['name']}` ({member['file']}, SHA-256 "
+            f"{member['sha256'][:12]}...): {training['options']['epochs']} epochs, "
+            f"best epoch {training['best_epoch']}, validation Dice {dice or 'n/a'}."
+        )
+    lines += [
+        "- TODO: licence. The weights inherit the licence of the training data.",
+        "- TODO: test figures (`covidct evaluate-segmentation BUNDLE DATA "
+        "--patients CSV --split test`).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _patients_in(data: SliceSet, split: str) -> list[str]:
@@ -349,6 +395,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                     "--split needs --patients", hint="Give the patient table."
                 )
             data = data.select(args.split)
+        if not isinstance(segmenter, str):
+            splits = segmenter.card.get("data", {}).get("splits", {})
+            trained = set(splits.get("train", []))
+            seen = sorted(trained & set(data.patients))
+            if seen:
+                logger.warning(
+                    "%d of the evaluated patients were in the bundle's training "
+                    "split (for example %s), so the figures overstate accuracy; "
+                    "evaluate on held-out patients (--split test)",
+                    len(seen),
+                    seen[0],
+                )
         results = evaluate_slices(data, segmenter)
     results["segmenter"] = args.segmenter
     results["data"] = str(args.data)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, InputError
 
 __all__ = ["EXIT_SOME_FAILED", "add_batch_parser", "run_batch_command"]
 
@@ -117,6 +117,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
         raise CovidctError(f"--workers must be at least 1, got {args.workers}")
     if args.memory_limit is not None and args.memory_limit <= 0:
         raise CovidctError(f"--memory-limit must be positive, got {args.memory_limit}")
+    if args.model is not None and args.method != "cnn":
+        raise InputError(
+            "--model sets the network ensemble, but --method threshold uses none",
+            path=args.model,
+            hint="Drop --model, or drop --method threshold.",
+        )
     options = BatchOptions(
         workers=args.workers,
         scheduler=args.scheduler,

@@ -271,6 +271,12 @@ def read_slice_folder(
         InputError: Missing folders, unreadable images, masks on another grid,
             or a patient file that does not match the images.
     """
+    if not root.is_dir():
+        raise InputError(
+            "folder not found",
+            path=root,
+            hint="Check the path of the slice folder.",
+        )
     image_dir, lesion_dir, lung_dir = _find_layout(root)
     files = sorted(
         (p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
@@ -381,15 +387,32 @@ def _read_patients(path: Path, files: list[Path]) -> dict[str, tuple[str, str]]:
             hint="Give a CSV with columns file,patient[,split].",
         )
     table: dict[str, tuple[str, str]] = {}
+    patient_split: dict[str, str] = {}
     for row in rows:
+        name = row["file"].strip()
+        patient = row["patient"].strip()
         split = (row.get("split") or "").strip()
         if split not in ("", "train", "validation", "test"):
             raise InputError(
-                f"unknown split {split!r} for {row['file']}",
+                f"unknown split {split!r} for {name}",
                 path=path,
                 hint="Use train, validation, test or leave the column empty.",
             )
-        table[row["file"].strip()] = (row["patient"].strip(), split)
+        if name in table:
+            raise InputError(
+                f"the file {name} has more than one row",
+                path=path,
+                hint="Keep one row per image file.",
+            )
+        if patient_split.setdefault(patient, split) != split:
+            first = patient_split[patient] or "none"
+            raise InputError(
+                f"patient {patient} is in two splits ({first} and "
+                f"{split or 'none'}), for example at {name}",
+                path=path,
+                hint="Give every slice of a patient the same split.",
+            )
+        table[name] = (patient, split)
     missing = [f.name for f in files if f.name not in table]
     if missing:
         raise InputError(

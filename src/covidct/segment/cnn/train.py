@@ -11,6 +11,7 @@ stopped, with the same random state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from covidct.errors import InputError
 from covidct.segment.cnn.data import LESION, LUNG, NOT_LESION, SliceSet
 from covidct.segment.cnn.network import build_network, default_spec
 
@@ -224,6 +226,46 @@ def _save_atomic(payload: Any, path: Path) -> None:
             os.unlink(temporary)
 
 
+def _data_key(train: SliceSet, validation: SliceSet) -> str:
+    """Fingerprint the slices and patients of both splits, for resuming."""
+    digest = hashlib.sha256()
+    for part in (train, validation):
+        for name, patient in zip(part.names, part.patients, strict=True):
+            digest.update(f"{name}\t{patient}\n".encode())
+        digest.update(b"--split--\n")
+    return digest.hexdigest()
+
+
+def _check_resumable(
+    state: dict[str, Any],
+    options: dict[str, Any],
+    data_key: str,
+    checkpoint_path: Path,
+) -> None:
+    """Reject a checkpoint written with other options or other data."""
+    changed = [
+        f"{key} {state['options'].get(key)!r} -> {value!r}"
+        for key, value in options.items()
+        if state["options"].get(key) != value
+    ]
+    if changed:
+        raise InputError(
+            "the checkpoint in the output folder was written with other "
+            f"options ({', '.join(changed)})",
+            path=checkpoint_path,
+            hint="Pass --restart to train from the start, or use another output "
+            "folder.",
+        )
+    if state.get("data_key") != data_key:
+        raise InputError(
+            "the checkpoint in the output folder was trained on other slices or "
+            "another patient split",
+            path=checkpoint_path,
+            hint="Pass --restart to train from the start, or use another output "
+            "folder.",
+        )
+
+
 def train_member(
     train: SliceSet,
     validation: SliceSet,
@@ -288,13 +330,10 @@ def train_member(
     start_epoch = 0
 
     checkpoint_path = output_dir / CHECKPOINT
+    data_key = _data_key(train, validation)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["options"] != asdict(options):
-            raise ValueError(
-                f"{checkpoint_path} was written with other options "
-                f"({state['options']}); delete it or use another output folder"
-            )
+        _check_resumable(state, asdict(options), data_key, checkpoint_path)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -304,7 +343,10 @@ def train_member(
         history = state["history"]
         best = state["best"]
         start_epoch = state["epoch"] + 1
-        logger.info("resuming %s at epoch %d", output_dir, start_epoch + 1)
+        message = f"resuming {output_dir} at epoch {start_epoch + 1}"
+        logger.info(message)
+        if progress:
+            tqdm.write(message)
 
     context = options.context_slices
     for epoch in range(start_epoch, options.epochs):
@@ -367,6 +409,7 @@ def train_member(
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
                 "best": best,
+                "data_key": data_key,
             },
             checkpoint_path,
         )
