@@ -154,3 +154,20 @@ def test_input_folder_is_left_unchanged(p002_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     after = {p.name: p.stat().st_mtime_ns for p in study.iterdir()}
     assert after == before
+
+
+def test_unreliable_values_named_in_summary(p002_volume, tmp_path):
+    import SimpleITK as sitk
+
+    # The lower half of P002: the lungs reach the top slice of the scan.
+    half = p002_volume.to_sitk()[:, :, :66]
+    study = tmp_path / "lower half.nii.gz"
+    sitk.WriteImage(half, str(study))
+    result = run_covidct(
+        "analyze", study, "-o", tmp_path / "out", "--no-radiomics", "--method",
+        "threshold",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Values unreliable:" in result.stdout
+    assert "Segmentation: threshold." in result.stdout
+    assert "radiomics skipped (--no-radiomics)" in result.stderr

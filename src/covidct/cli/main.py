@@ -293,15 +293,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
     last_name = [""]
     last_at = [started]
 
+    def is_skipped(name: str) -> bool:
+        return name == "radiomics" and not options.radiomics
+
     def progress(name: str) -> None:
         now = time.perf_counter()
-        if show and last_name[0]:
+        if show and last_name[0] and not is_skipped(last_name[0]):
             print(f"  done in {now - last_at[0]:.1f} s", file=sys.stderr)
         last_name[0] = name
         last_at[0] = now
         if show:
             step = STAGES.index(name) + 1
-            print(f"[{step}/{len(STAGES)}] {name} ...", file=sys.stderr, flush=True)
+            label = f"{name} skipped (--no-radiomics)" if is_skipped(name) else name
+            if not is_skipped(name):
+                label += " ..."
+            print(f"[{step}/{len(STAGES)}] {label}", file=sys.stderr, flush=True)
 
     result = analyze(args.study, options, progress=progress)
     paths = write_analysis(result, args.output, progress=progress)
@@ -330,6 +336,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
                     else "."
                 )
             )
+        reliability = result.reliability or {}
+        if reliability.get("values_reliable") is False:
+            reasons = len(reliability.get("reasons", []))
+            print(f"Values unreliable: {reasons} reason(s), listed in the report.")
         if result.warnings:
             print(f"{len(result.warnings)} warning(s), listed in the report.")
         print(f"Report: {paths['report_html']}")

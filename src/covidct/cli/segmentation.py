@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,9 +214,17 @@ def _run_train(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
         )
-        summary = train_member(
-            train, validation, member_dir, options, initial_state=initial.get(name)
-        )
+        try:
+            summary = train_member(
+                train, validation, member_dir, options, initial_state=initial.get(name)
+            )
+        except KeyboardInterrupt:
+            print(
+                f"Training of {name} stopped. Run the same command again to resume "
+                "from the last finished epoch.",
+                file=sys.stderr,
+            )
+            raise
         members.append((name, summary))
     card = write_bundle(output, members, data)
     print(f"bundle written to {output} ({len(card['members'])} members)")
