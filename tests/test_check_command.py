@@ -105,3 +105,11 @@ def test_check_json(
     assert usable["hu_range"][0] == -1024
     assert "2 volumes (frames)" in rejected["error"]
     assert "--frame" in rejected["hint"]
+
+
+def test_check_names_unreadable_file(tmp_path, capsys):
+    folder = tmp_path / "not dicom"
+    folder.mkdir()
+    (folder / "x.dcm").write_text("a text file named like DICOM\n")
+    assert main(["check", str(folder)]) == 2
+    assert "x.dcm could not be read as DICOM" in capsys.readouterr().out

@@ -190,8 +190,14 @@ def scan_folder(
             "given to group the files"
         )
     if not series:
+        unreadable = (
+            f" ({display.listing(not_dicom)} could not be read as DICOM)"
+            if not_dicom
+            else ""
+        )
         raise InputError(
-            f"no DICOM files found among the {len(paths)} files in the folder",
+            f"no DICOM files found among the {len(paths)} files in the folder"
+            + unreadable,
             path=display.label,
             hint="Give the folder that contains the DICOM files of the CT series "
             "(for example the export from your PACS), or a NIfTI, MHA or NRRD "
