@@ -126,8 +126,8 @@ def painted_ball_inside(ct_md: Path, segment) -> float:
     """Share of a uniform 35 HU ball against the pleura that ends up as lung.
 
     The ball (10 mm radius) is centred on the lateral border of the right lung
-    of P002, on its 71st slice, where the threshold backend finds that border;
-    only its voxels that were lung before painting count.
+    of P002, on its 71st slice, where the threshold backend finds that border.
+    Only its voxels that were lung before painting count.
     """
     volume = load_study(ct_md / "P002")
     lungs = segment_threshold(volume).lungs

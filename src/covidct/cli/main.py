@@ -11,9 +11,13 @@ from pathlib import Path
 
 from covidct import __version__
 from covidct.cli.check import FRAME_HELP, add_check_parser, frame_number
-from covidct.cli.segmentation import add_segmentation_parsers
+from covidct.cli.segmentation import (
+    add_segmentation_parsers,
+    add_segmenter_arguments,
+    check_segmenter_arguments,
+)
 from covidct.cohort.command import add_batch_parser
-from covidct.errors import CovidctError, InputError
+from covidct.errors import CovidctError
 
 __all__ = ["main"]
 
@@ -91,20 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="resample a series with missing slices instead of rejecting it",
     )
     analyze.add_argument("--frame", type=frame_number, metavar="N", help=FRAME_HELP)
-    analyze.add_argument(
-        "--method",
-        choices=["cnn", "threshold"],
-        default="cnn",
-        help="segmentation backend: the network ensemble (default) or the HU "
-        "threshold rules",
-    )
-    analyze.add_argument(
-        "--model",
-        type=Path,
-        metavar="FOLDER",
-        help="bundle folder written by train-segmentation (default: the bundled "
-        "weights)",
-    )
+    add_segmenter_arguments(analyze)
     analyze.add_argument(
         "--no-radiomics",
         action="store_true",
@@ -264,12 +255,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CovidctError(f"--workers must be at least 1, got {args.workers}")
-    if args.model is not None and args.method != "cnn":
-        raise InputError(
-            "--model sets the network ensemble, but --method threshold uses none",
-            path=args.model,
-            hint="Drop --model, or drop --method threshold.",
-        )
+    check_segmenter_arguments(args)
     options = AnalysisOptions(
         intake=IntakeOptions(
             series_uid=args.series, allow_gaps=args.allow_gaps, frame=args.frame

@@ -19,12 +19,44 @@ from covidct.report.writer import write_atomic
 if TYPE_CHECKING:
     from covidct.segment.cnn.data import SliceSet
 
-__all__ = ["add_segmentation_parsers"]
+__all__ = [
+    "add_segmentation_parsers",
+    "add_segmenter_arguments",
+    "check_segmenter_arguments",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Members that ``--members`` can name, with the neighbouring slices each reads.
 MEMBER_CONTEXT = {"unet2d": 0, "unet25d": 1}
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--method`` and ``--model``, the segmentation choice of analyses."""
+    parser.add_argument(
+        "--method",
+        choices=["cnn", "threshold"],
+        default="cnn",
+        help="segmentation backend: the network ensemble (default) or the HU "
+        "threshold rules",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="FOLDER",
+        help="bundle folder written by train-segmentation (default: the bundled "
+        "weights)",
+    )
+
+
+def check_segmenter_arguments(args: argparse.Namespace) -> None:
+    """Reject ``--model`` given together with ``--method threshold``."""
+    if args.model is not None and args.method != "cnn":
+        raise InputError(
+            "--model sets the network ensemble, but --method threshold uses none",
+            path=args.model,
+            hint="Drop --model, or drop --method threshold.",
+        )
 
 
 def add_segmentation_parsers(commands: argparse._SubParsersAction) -> None:
@@ -179,7 +211,8 @@ def _run_train(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in MEMBER_CONTEXT]
     if unknown or not names:
         raise InputError(
-            f"unknown ensemble member {unknown[0] if unknown else '(none)'!r}",
+            f"unknown ensemble member {unknown[0] if unknown else '(none)'!r} "
+            "in --members",
             hint=f"Choose from {', '.join(MEMBER_CONTEXT)}.",
         )
     data = _read_training_data(args)

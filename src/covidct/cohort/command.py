@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from covidct.errors import CovidctError, InputError
+from covidct.cli.segmentation import add_segmenter_arguments, check_segmenter_arguments
+from covidct.errors import CovidctError
 
 __all__ = ["EXIT_SOME_FAILED", "add_batch_parser", "run_batch_command"]
 
@@ -73,20 +74,7 @@ def add_batch_parser(commands: Any) -> None:
         help="memory in GB that the studies running at once may use together, "
         "by estimate (default: 80%% of the memory available at start)",
     )
-    batch.add_argument(
-        "--method",
-        choices=["cnn", "threshold"],
-        default="cnn",
-        help="segmentation backend: the network ensemble (default) or the HU "
-        "threshold rules",
-    )
-    batch.add_argument(
-        "--model",
-        type=Path,
-        metavar="FOLDER",
-        help="bundle folder written by train-segmentation (default: the bundled "
-        "weights)",
-    )
+    add_segmenter_arguments(batch)
     batch.add_argument(
         "--no-radiomics",
         action="store_true",
@@ -117,12 +105,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         raise CovidctError(f"--workers must be at least 1, got {args.workers}")
     if args.memory_limit is not None and args.memory_limit <= 0:
         raise CovidctError(f"--memory-limit must be positive, got {args.memory_limit}")
-    if args.model is not None and args.method != "cnn":
-        raise InputError(
-            "--model sets the network ensemble, but --method threshold uses none",
-            path=args.model,
-            hint="Drop --model, or drop --method threshold.",
-        )
+    check_segmenter_arguments(args)
     options = BatchOptions(
         workers=args.workers,
         scheduler=args.scheduler,

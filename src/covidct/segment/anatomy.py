@@ -19,9 +19,10 @@ toward the patient's left, y posterior, z superior, as the header states it):
   solidity (area over convex hull area) is higher at the superior end.
 - Anterior-posterior: bone on the midline between the lungs (the spine) lies
   posterior to the centre of the body.
-- Left-right: three votes, each only when its margin is clear: the right lung
-  is larger than the left, its base (right diaphragm dome) lies higher, and the
-  soft tissue below the lungs (the liver) lies on the right of the spine.
+- Left-right: three votes, each cast only when its margin is clear. The right
+  lung is larger than the left, its base (right diaphragm dome) lies higher,
+  and the soft tissue below the lungs (the liver) lies on the right of the
+  spine.
   Situs inversus gives the same votes as a mirrored image.
 - Axis swap: the two lungs lie side by side along x, not one behind the other.
 """

@@ -1,10 +1,11 @@
 """The set of trained networks that make up the ensemble, as listed in its card.
 
 A bundle is a folder with ``ensemble.json`` and the weight files it names.
-``ensemble.json`` is the machine-readable part of the model card (the
-readable part is ``MODEL_CARD.md`` beside it): it lists the members, their
-network specification, their weight in the probability average, the SHA-256
-of each weight file, and whether test-time flips are averaged too.
+``ensemble.json`` is the machine-readable part of the model card, and
+``MODEL_CARD.md`` beside it is the readable part. The JSON lists the members,
+their network specification, their weight in the probability average and the
+SHA-256 of each weight file. It also sets the test-time flips and the lesion
+probability threshold.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Target codes:
 - 0 background, 1 lung without lesion, 2 lesion (ground-glass opacity or
   consolidation; lesions are part of the lung);
 - 3 "background or lung", for sources that label lesions but not lungs (the
-  loss then only asks that the pixel is not a lesion).
+  loss then only requires that the pixel is not a lesion).
 """
 
 from __future__ import annotations
@@ -426,7 +426,7 @@ def _read_patients(path: Path, files: list[Path]) -> dict[str, tuple[str, str]]:
 def read_volume_folder(root: Path) -> SliceSet:
     """Read NIfTI image and label-map pairs and cut them into axial slices.
 
-    The folder holds ``images/NAME.nii.gz`` (CT in HU) and
+    The folder contains ``images/NAME.nii.gz`` (CT in HU) and
     ``labels/NAME.nii.gz`` on the same grid, labelled as the maps that
     ``covidct analyze`` writes: 1 and 2 lung, 3 heart, 4 ground-glass
     opacity, 5 consolidation, 0 elsewhere.
@@ -506,7 +506,7 @@ def _read_volume_pair(image_path: Path, label_path: Path) -> SliceSet:
     if np.issubdtype(label_array.dtype, np.floating):
         if not np.array_equal(label_array, np.rint(label_array)):
             raise InputError(
-                "the label map holds non-integer values",
+                "the label map contains non-integer values",
                 path=label_path,
                 hint="Give integer labels: 1-2 lung, 3 heart, 4 ground-glass "
                 "opacity, 5 consolidation.",
@@ -515,9 +515,9 @@ def _read_volume_pair(image_path: Path, label_path: Path) -> SliceSet:
     label_array = label_array.astype(np.int64)
     values = set(np.unique(label_array).tolist())
     if not values <= VOLUME_ALLOWED_LABELS:
+        unexpected = sorted(values - VOLUME_ALLOWED_LABELS)[:8]
         raise InputError(
-            f"the label map holds values {sorted(values - VOLUME_ALLOWED_LABELS)[:8]} "
-            "outside 0..5",
+            f"the label map contains values {unexpected} outside 0..5",
             path=label_path,
             hint="Use the labels of covidct's segmentation.nii.gz: 1-2 lung, "
             "3 heart, 4 ground-glass opacity, 5 consolidation.",

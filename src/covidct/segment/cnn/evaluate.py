@@ -6,8 +6,9 @@ instance by ``covidct batch``). The reference is a folder of 2D slices with
 masks or of NIfTI image and label-map pairs, as ``covidct
 train-segmentation`` reads them.
 
-On 2D slices every figure is computed on the 256 x 256 input grid (distances
-in pixels of that grid); on volumes on the CT grid (distances in mm).
+On 2D slices every figure is computed on the 256 x 256 input grid, with
+distances in pixels of that grid. On volumes it is computed on the CT grid,
+with distances in mm.
 """
 
 from __future__ import annotations

@@ -170,18 +170,18 @@ def _clean_and_split(
     aerated = np.bincount(flat, weights=air_count.ravel(), minlength=count + 1)
     good = aerated >= MIN_AERATED_FRACTION * np.maximum(sizes, 1)
     good[0] = False
-    kept = good[regions]
+    aerated_lung = good[regions]
 
-    components, count = ndi.label(kept)
+    components, count = ndi.label(aerated_lung)
     if count > 1:
         volumes = np.bincount(components.ravel())
         volumes[0] = 0
         keep = volumes >= MIN_COMPONENT_FRACTION * volumes.max()
         keep[0] = False
-        kept = keep[components]
+        aerated_lung = keep[components]
 
     coarse_spacing = (spacing[0] * factor, spacing[1] * factor, spacing[2])
-    sides = split_left_right(kept, coarse_spacing)
+    sides = split_left_right(aerated_lung, coarse_spacing)
     ny, nx = lungs.shape[1:]
     full = np.repeat(np.repeat(sides, factor, axis=1), factor, axis=2)[:, :ny, :nx]
     full[~lungs] = 0
@@ -214,8 +214,8 @@ def _split_lesions(
     crop[opaque] = GGO
     crop[opaque & (smooth > options.consolidation_min_hu)] = CONSOLIDATION
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    kept = keep_large_components(crop > 0, options.min_lesion_ml / voxel_ml)
-    crop[~kept] = 0
+    large = keep_large_components(crop > 0, options.min_lesion_ml / voxel_ml)
+    crop[~large] = 0
     result[box] = crop
     return result
 

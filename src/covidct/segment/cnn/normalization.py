@@ -75,7 +75,7 @@ def normalize_8bit(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SquareFrame:
-    """How a rectangular slice was padded to a square before resizing.
+    """Padding of a rectangular slice to a square before resizing.
 
     Attributes:
         shape: In-plane shape ``(ny, nx)`` of the original slices.

@@ -67,11 +67,11 @@ class TrainingOptions:
 
 
 def choose_device(name: str) -> torch.device:
-    """Resolve "auto" to a GPU when torch sees one, else the CPU."""
+    """Resolve "auto" to a GPU when torch finds one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("a CUDA device was requested but torch sees no GPU")
+        raise ValueError("a CUDA device was requested but torch finds no GPU")
     return torch.device(name)
 
 
